@@ -1,0 +1,19 @@
+"""AdaSwitch knowledge distillation for causal LMs, in Keras 3."""
+
+from adaswitch_keras import divergences
+from adaswitch_keras import models
+from adaswitch_keras import strategies
+from adaswitch_keras.distiller import Distiller
+from adaswitch_keras.rollout import rollout
+from adaswitch_keras.strategies import GKD
+from adaswitch_keras.strategies import SFT
+from adaswitch_keras.strategies import SKD
+from adaswitch_keras.strategies import AdaSwitch
+from adaswitch_keras.strategies import ImitKD
+from adaswitch_keras.strategies import OnPolicy
+from adaswitch_keras.strategies import SeqKD
+from adaswitch_keras.strategies import Strategy
+from adaswitch_keras.strategies import SupervisedKD
+from adaswitch_keras.strategies import Switch
+
+__version__ = "0.1.0"

@@ -1,0 +1,43 @@
+"""The one place where backends differ: running the rollout without gradients
+before Keras' own `train_step` takes the gradient step.
+
+JAX's `train_step(state, data)` is stateless, so the rollout reads the
+variables from `state` and hands back the advanced seed; PyTorch needs
+`no_grad`; TensorFlow records nothing outside its `GradientTape`.
+"""
+
+import keras
+
+
+def train_step(distiller, *args):
+    backend = keras.config.backend()
+    if backend == "jax":
+        return _jax_train_step(distiller, *args)
+    (data,) = args
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            data = distiller.rollout(data)
+    else:
+        data = distiller.rollout(data)
+    return keras.Model.train_step(distiller, data)
+
+
+def _jax_train_step(distiller, state, data):
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    mapping = list(zip(distiller.trainable_variables, trainable))
+    mapping += list(zip(distiller.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        data = distiller.rollout(data)
+    non_trainable = [
+        _current(scope, variable, value)
+        for variable, value in zip(distiller.non_trainable_variables, non_trainable)
+    ]
+    state = (trainable, non_trainable, optimizer_variables, metrics_variables)
+    return keras.Model.train_step(distiller, state, data)
+
+
+def _current(scope, variable, value):
+    new_value = scope.get_current_value(variable)
+    return value if new_value is None else new_value

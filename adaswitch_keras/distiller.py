@@ -1,0 +1,251 @@
+"""`Distiller`: rollout + token-level divergence loss + metrics, as a
+`keras.Model` that trains with `fit()` on every backend."""
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras import ops
+
+from adaswitch_keras import _backend
+from adaswitch_keras import divergences
+from adaswitch_keras import strategies
+from adaswitch_keras.preprocessing import PromptResponsePacker
+from adaswitch_keras.rollout import get_sampler
+from adaswitch_keras.rollout import rollout
+
+
+class Distiller(keras.Model):
+    """Distil a KerasHub `teacher` causal LM into a `student`.
+
+    Each training step (1) writes the responses with `strategy` in a joint
+    rollout of both models, without gradients; (2) takes one gradient step on
+    the student's mean token-level divergence to the teacher over response
+    tokens; (3) logs `loss`, `divergence`, `switch_rate`,
+    `teacher_token_fraction` and `switch_position`.
+
+    Args:
+        teacher, student: `keras_hub.models.CausalLM`s with preprocessors and
+            the same tokenizer. The teacher is frozen.
+        strategy: a `Strategy` or its name; `AdaSwitch()` by default.
+        divergence: a kind of `divergences.token_divergence`.
+        beta, alpha, temperature: of the divergence (loss only).
+        max_new_tokens: response length of the rollout; defaults to the
+            room the preprocessor's `sequence_length` leaves (at most half).
+        student_sampler, teacher_sampler: KerasHub samplers or their names.
+        seed: seed of the one random stream of the rollouts.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        strategy="adaswitch",
+        divergence="forward_kl",
+        *,
+        beta=0.5,
+        alpha=0.1,
+        temperature=1.0,
+        max_new_tokens=None,
+        student_sampler="random",
+        teacher_sampler="random",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras_hub.models.CausalLM) or model.preprocessor is None:
+                raise ValueError(
+                    f"`{role}` must be a keras_hub.models.CausalLM with a "
+                    f"preprocessor. Received: {type(model).__name__}"
+                )
+        self.vocabulary_size = shared_vocabulary_size(teacher, student)
+        divergences.token_divergence(  # validates kind, beta, alpha, temperature
+            ops.zeros((1, 2)), ops.zeros((1, 2)), divergence,
+            beta=beta, alpha=alpha, temperature=temperature,
+        )
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.student = student
+        self.strategy = strategies.get(strategy)
+        self.divergence = divergence
+        self.beta, self.alpha, self.temperature = beta, alpha, temperature
+
+        sequence_length = student.preprocessor.sequence_length
+        max_new_tokens = max_new_tokens or sequence_length // 2
+        if not 0 < max_new_tokens < sequence_length:
+            raise ValueError(
+                f"`max_new_tokens` must be in [1, {sequence_length - 1}] for the "
+                f"student preprocessor's sequence_length={sequence_length}. "
+                f"Received: max_new_tokens={max_new_tokens}"
+            )
+        self.max_new_tokens = max_new_tokens
+        self.packer = PromptResponsePacker(student.preprocessor, max_new_tokens)
+        self.student_sampler = get_sampler(student_sampler)
+        self.teacher_sampler = get_sampler(teacher_sampler)
+        self._seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+        self.divergence_tracker = keras.metrics.Mean(name="divergence")
+        self.rollout_trackers = [
+            keras.metrics.Mean(name="switch_rate"),
+            keras.metrics.Mean(name="teacher_token_fraction"),
+            keras.metrics.Mean(name="switch_position"),
+        ]
+
+    # -- 1. rollout -----------------------------------------------------------
+    def rollout(self, inputs):
+        """Responses written by the strategy (see `rollout.rollout`)."""
+        return rollout(
+            inputs,
+            student=self.student,
+            teacher=self.teacher,
+            strategy=self.strategy,
+            vocabulary_size=self.vocabulary_size,
+            end_token_id=self.packer.end_token_id,
+            pad_token_id=self.packer.pad_token_id,
+            max_new_tokens=self.max_new_tokens,
+            student_sampler=self.student_sampler,
+            teacher_sampler=self.teacher_sampler,
+            seed=self.seed_generator,
+        )
+
+    def train_step(self, *args):
+        return _backend.train_step(self, *args)
+
+    # -- 2. loss --------------------------------------------------------------
+    def call(self, inputs, training=False):
+        """Per-token loss and divergence `[B, T-1]` (position t predicts t+1)."""
+        model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
+        student_logits = self.student(model_inputs, training=training)
+        student_logits = student_logits[:, :-1, : self.vocabulary_size]
+        teacher_logits = self.teacher(model_inputs, training=False)
+        teacher_logits = ops.stop_gradient(teacher_logits[:, :-1, : self.vocabulary_size])
+        divergence = divergences.token_divergence(
+            teacher_logits,
+            student_logits,
+            self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+            temperature=self.temperature,
+        )
+        if self.strategy.loss == "cross_entropy":
+            targets = ops.expand_dims(inputs["token_ids"][:, 1:], -1)
+            log_probs = divergences.log_probs(student_logits)
+            loss = -ops.take_along_axis(log_probs, targets, axis=-1)[..., 0]
+        else:
+            loss = divergence
+        return {"loss": loss, "divergence": divergence}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Mean over the batch's response tokens (prompt and padding excluded)."""
+        return divergences.masked_mean(y_pred["loss"], x["response_mask"][:, 1:])
+
+    # -- 3. metrics -----------------------------------------------------------
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        target_mask = ops.cast(x["response_mask"][:, 1:], "float32")
+        self.divergence_tracker.update_state(y_pred["divergence"], sample_weight=target_mask)
+        logs = {"loss": self._loss_tracker.result(), "divergence": self.divergence_tracker.result()}
+        if "teacher_token_mask" not in x:  # evaluation on ground truth
+            return logs
+        response = ops.cast(x["response_mask"], "float32")
+        teacher = ops.cast(x["teacher_token_mask"], "float32")
+        switched = ops.cast(ops.any(x["teacher_token_mask"], axis=1), "float32")
+        prompt_length = ops.sum(ops.cast(x["padding_mask"], "float32") - response, axis=1)
+        position = ops.cast(x["switch_index"], "float32") - prompt_length
+        switch_rate, teacher_fraction, switch_position = self.rollout_trackers
+        switch_rate.update_state(switched)
+        teacher_fraction.update_state(teacher, sample_weight=response)
+        switch_position.update_state(position, sample_weight=switched)
+        logs.update({m.name: m.result() for m in self.rollout_trackers})
+        return logs
+
+    # -- fit() glue: strings in, packed token ids out -------------------------
+    def fit(self, x=None, batch_size=None, validation_data=None, **kwargs):
+        """`fit` on `{"prompts", "responses"}` data: a `tf.data.Dataset`, a
+        dict of lists, or a list of dicts; batched by `batch_size` (default 8)
+        when not batched already."""
+        needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
+        shuffle = kwargs.pop("shuffle", True)
+        x = self.make_dataset(x, batch_size, needs_responses=needs_truth, shuffle=shuffle)
+        if validation_data is not None:
+            validation_data = self.make_dataset(validation_data, batch_size)
+        return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
+
+    def evaluate(self, x=None, batch_size=None, **kwargs):
+        """Divergence to the teacher on the ground-truth responses."""
+        return super().evaluate(self.make_dataset(x, batch_size), **kwargs)
+
+    def make_dataset(self, data, batch_size=None, needs_responses=True, shuffle=False):
+        """A batched, packed `tf.data.Dataset` from prompt/response data.
+
+        Lists and dicts are shuffled when `shuffle`; a `tf.data.Dataset` is
+        taken as it comes (shuffle it yourself)."""
+        if isinstance(data, (list, tuple)):
+            if not data:
+                raise ValueError("The dataset is empty: no prompt/response pairs.")
+            if not all(isinstance(row, dict) for row in data):
+                raise ValueError(
+                    'Expected a list of {"prompts": str, "responses": str} dicts.'
+                )
+            data = {key: [row.get(key, "") for row in data] for key in data[0]}
+        if isinstance(data, dict):
+            data = tf.data.Dataset.from_tensor_slices(data)
+            if shuffle:
+                data = data.shuffle(data.cardinality(), seed=self._seed)
+        if not isinstance(data, tf.data.Dataset):
+            raise ValueError(
+                "Expected a tf.data.Dataset, a dict of lists or a list of dicts "
+                f'with "prompts" and "responses". Received: {type(data).__name__}'
+            )
+        spec = data.element_spec
+        if not isinstance(spec, dict) or "prompts" not in spec:
+            raise ValueError(
+                'Dataset elements must be dicts with a "prompts" key (and '
+                f'"responses"). Received element_spec: {spec}'
+            )
+        if "responses" not in spec:
+            if needs_responses:
+                raise ValueError(
+                    f'Dataset has no "responses": {self.strategy!r} and evaluation '
+                    "train on ground-truth responses."
+                )
+            data = data.map(
+                lambda row: {**row, "responses": tf.fill(tf.shape(row["prompts"]), "")}
+            )
+        if spec["prompts"].shape.rank == 0:
+            data = data.batch(batch_size or 8)
+        if data.cardinality() == 0:
+            raise ValueError("The dataset is empty: no prompt/response pairs.")
+        return data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+
+def shared_vocabulary_size(teacher, student):
+    """The tokenizer vocabulary both models share; logits are sliced to it.
+
+    Embedding tables may be padded to different sizes (e.g. 152064 vs 151936)
+    over one tokenizer; different tokenizers are an error.
+    """
+    teacher_tokenizer = teacher.preprocessor.tokenizer
+    student_tokenizer = student.preprocessor.tokenizer
+    teacher_size = teacher_tokenizer.vocabulary_size()
+    student_size = student_tokenizer.vocabulary_size()
+    if teacher_size != student_size:
+        raise ValueError(
+            "Teacher and student tokenizers differ: the teacher's has "
+            f"{teacher_size} tokens, the student's {student_size}. Distillation "
+            "compares next-token distributions, so both need the same tokenizer."
+        )
+    if teacher_tokenizer.get_vocabulary() != student_tokenizer.get_vocabulary():
+        raise ValueError(
+            f"Teacher and student tokenizers both have {teacher_size} tokens but "
+            "different vocabularies; both models need the same tokenizer."
+        )
+    for role, model in (("teacher", teacher), ("student", student)):
+        if model.backbone.vocabulary_size < teacher_size:
+            raise ValueError(
+                f"The {role} has {model.backbone.vocabulary_size} embedding rows, "
+                f"fewer than its tokenizer's {teacher_size} tokens."
+            )
+    return teacher_size

@@ -1,0 +1,73 @@
+"""Prompt/response pairs -> fixed-length token ids and masks.
+
+KerasHub's text-only `CausalLMPreprocessor`s take plain strings; distillation
+needs to know where each prompt ends, so this packs `{"prompts", "responses"}`
+(the KerasHub convention) with the model's own tokenizer and KerasHub's
+`StartEndPacker`, and returns a `response_mask` of the tokens that get loss.
+"""
+
+import keras_hub
+import tensorflow as tf
+
+
+class PromptResponsePacker:
+    """Tokenize and pack `{"prompts": str, "responses": str}` batches.
+
+    Output: `[start] prompt response [end] [pad ...]` as `token_ids`,
+    `padding_mask` and `response_mask` (response tokens and the end token),
+    each `[B, sequence_length]`. Runs inside `tf.data` pipelines.
+
+    Args:
+        preprocessor: a KerasHub `CausalLMPreprocessor` (tokenizer, start
+            token policy, sequence length).
+        max_new_tokens: room kept after every prompt for generation; a longer
+            prompt is an error, never silently cut.
+    """
+
+    def __init__(self, preprocessor, max_new_tokens):
+        self.tokenizer = preprocessor.tokenizer
+        self.sequence_length = preprocessor.sequence_length
+        self.max_new_tokens = max_new_tokens
+        start = self.tokenizer.start_token_id
+        self.start = [start] if start is not None and preprocessor.add_start_token else []
+        self.end_token_id = self.tokenizer.end_token_id
+        self.pad_token_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        self.packer = keras_hub.layers.StartEndPacker(
+            sequence_length=self.sequence_length,
+            end_value=self.end_token_id,
+            pad_value=self.pad_token_id,
+            return_padding_mask=True,
+        )
+
+    def __call__(self, inputs):
+        prompts = self.tokenizer(inputs["prompts"])
+        responses = self.tokenizer(inputs["responses"])
+        if self.start:
+            start = tf.fill([prompts.nrows(), 1], tf.cast(self.start[0], prompts.dtype))
+            prompts = tf.concat([start, prompts], axis=1)
+        prompt_length = tf.cast(prompts.row_lengths(), "int32")
+        longest_allowed = self.sequence_length - self.max_new_tokens
+        checks = [
+            tf.debugging.assert_less_equal(
+                prompt_length,
+                longest_allowed,
+                message=(
+                    f"A prompt is longer than sequence_length - max_new_tokens = "
+                    f"{self.sequence_length} - {self.max_new_tokens} = "
+                    f"{longest_allowed} tokens. Shorten it or raise the "
+                    "preprocessor's sequence_length."
+                ),
+            ),
+            tf.debugging.assert_positive(
+                prompt_length, message="A prompt is empty (no tokens)."
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            token_ids, padding_mask = self.packer(tf.concat([prompts, responses], axis=1))
+        columns = tf.range(self.sequence_length, dtype="int32")[None, :]
+        response_mask = tf.logical_and(padding_mask, columns >= prompt_length[:, None])
+        return {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "response_mask": response_mask,
+        }
