@@ -132,5 +132,6 @@ def token_divergence(
 def masked_mean(values, mask):
     """sum(values * mask) / sum(mask): the mean over unmasked tokens of the
     whole batch (not over B*T, not a mean of per-sequence means)."""
+    values = ops.convert_to_tensor(values)
     mask = ops.cast(mask, values.dtype)
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)

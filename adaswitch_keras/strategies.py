@@ -120,7 +120,7 @@ class SKD(Strategy):
         return ops.sum(ops.cast(teacher_logits > proposal_logit, "float32"), axis=-1)
 
     def teacher_writes(self, scores, mask):
-        return ops.logical_and(ops.cast(mask, "bool"), scores >= self.top_k)
+        return ops.logical_and(ops.cast(mask, "bool"), ops.greater_equal(scores, self.top_k))
 
     def get_config(self):
         return {"top_k": self.top_k}
@@ -151,7 +151,7 @@ class Switch(Strategy):
         return self.tau0 * ops.exp(-self.decay * ops.cast(t, "float32"))
 
     def teacher_writes(self, scores, mask):
-        above = scores > self.threshold(response_positions(mask))
+        above = ops.greater(scores, self.threshold(response_positions(mask)))
         return ops.logical_and(ops.cast(mask, "bool"), above)
 
     def get_config(self):

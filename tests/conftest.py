@@ -1,0 +1,58 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import adaswitch_keras as ak  # noqa: E402
+
+SEQUENCE_LENGTH = 32
+MAX_NEW_TOKENS = 12
+
+
+def arithmetic_pairs(n=16):
+    return [{"prompts": f"Q: {i} + {i % 5} =", "responses": f" {i + i % 5}"} for i in range(n)]
+
+
+def sharpen(model, factor):
+    """Scale the (tied) embeddings so that a random model's next-token
+    distributions are confident and context dependent, like a trained one's."""
+    embedding = model.backbone.token_embedding.embeddings
+    embedding.assign(embedding * factor)
+    return model
+
+
+@pytest.fixture(scope="session")
+def pair():
+    """A tiny Qwen2 teacher (2 layers, 64 wide) and student (1 layer, 32)."""
+    keras.utils.set_random_seed(0)
+    teacher = ak.models.tiny_causal_lm(
+        num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH
+    )
+    student = ak.models.tiny_causal_lm(
+        num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH
+    )
+    return sharpen(teacher, 60.0), sharpen(student, 20.0)
+
+
+@pytest.fixture(scope="session")
+def batch(pair):
+    """One packed batch of 6 prompts of different lengths."""
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, max_new_tokens=MAX_NEW_TOKENS)
+    rows = [
+        {"prompts": "Q: 1 + 2 =", "responses": " 3"},
+        {"prompts": "Q: 12 + 30 - 4 =", "responses": " 38"},
+        {"prompts": "Hi", "responses": " there"},
+        {"prompts": "the quick brown", "responses": " fox"},
+        {"prompts": "a", "responses": " b"},
+        {"prompts": "Q: 7 - 7 =", "responses": " 0"},
+    ]
+    data = distiller.make_dataset(rows, batch_size=len(rows))
+    return {k: np.asarray(v) for k, v in next(iter(data)).items()}
+
+
+def copy_weights(model):
+    return [np.array(w) for w in model.get_weights()]

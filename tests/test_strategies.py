@@ -1,0 +1,142 @@
+"""Each strategy's rule against a plain NumPy loop."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+import adaswitch_keras as ak
+from adaswitch_keras import strategies
+
+
+def np_first_switch(trace, mask, window, k):
+    """The paper's rule, written as a loop over response positions."""
+    batch, length = trace.shape
+    result = np.full(batch, length)
+    for b in range(batch):
+        columns = np.flatnonzero(mask[b])
+        d = trace[b, columns]
+        for i in range(window, len(d)):
+            if d[i] > k * d[i - window : i].mean():
+                result[b] = columns[i]
+                break
+    return result
+
+
+def random_traces(seed, batch=64, length=24):
+    rng = np.random.default_rng(seed)
+    trace = rng.gamma(2.0, 0.5, size=(batch, length)).astype("float32")
+    spikes = rng.random((batch, length)) < 0.08
+    trace[spikes] *= rng.uniform(2.0, 10.0, size=spikes.sum())
+    start = rng.integers(0, length // 2, size=batch)  # prompt lengths
+    stop = np.minimum(start + rng.integers(0, length, size=batch), length)
+    columns = np.arange(length)
+    mask = (columns >= start[:, None]) & (columns < stop[:, None])
+    return trace, mask
+
+
+@pytest.mark.parametrize("window,k", [(1, 1.5), (3, 2.0), (5, 2.0), (10, 3.0)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adaswitch_first_switch_matches_loop(window, k, seed):
+    trace, mask = random_traces(seed)
+    rule = ak.AdaSwitch(window=window, k=k)
+    got = ops.convert_to_numpy(rule.first_switch(trace, mask))
+    want = np_first_switch(trace, mask, window, k)
+    np.testing.assert_array_equal(got, want)
+    assert (want < trace.shape[1]).any() and (want == trace.shape[1]).any()
+
+
+def test_adaswitch_ignores_spikes_before_the_window_fills():
+    trace = np.array([[0.1, 9.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]], "float32")
+    mask = np.ones_like(trace, bool)
+    rule = ak.AdaSwitch(window=3, k=2.0)
+    assert int(ops.convert_to_numpy(rule.first_switch(trace, mask))[0]) == 8
+    trace[0, 6] = 9.0  # i = 6 >= L: switches there
+    assert int(ops.convert_to_numpy(rule.first_switch(trace, mask))[0]) == 6
+
+
+def test_adaswitch_window_skips_the_prompt():
+    """The window counts response positions: a spike at the 2nd response token
+    must not switch even when prompt columns precede it."""
+    trace = np.array([[5.0, 5.0, 5.0, 0.1, 9.0, 0.1, 0.1, 9.0]], "float32")
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1]], bool)
+    got = ops.convert_to_numpy(ak.AdaSwitch(window=3, k=2.0).first_switch(trace, mask))
+    np.testing.assert_array_equal(got, np_first_switch(trace, mask, 3, 2.0))
+    assert got[0] == 7
+
+
+def test_adaswitch_teacher_writes_everything_after_the_switch():
+    trace, mask = random_traces(3)
+    rule = ak.AdaSwitch(window=3, k=2.0)
+    writes = ops.convert_to_numpy(rule.teacher_writes(trace, mask))
+    switch = np_first_switch(trace, mask, 3, 2.0)
+    columns = np.arange(trace.shape[1])
+    np.testing.assert_array_equal(writes, mask & (columns[None] >= switch[:, None]))
+
+
+def test_switch_rule_matches_threshold_loop():
+    trace, mask = random_traces(4)
+    rule = ak.Switch(tau0=2.0, decay=0.1)
+    got = ops.convert_to_numpy(rule.teacher_writes(trace, mask))
+    want = np.zeros_like(mask)
+    for b in range(trace.shape[0]):
+        for t, column in enumerate(np.flatnonzero(mask[b])):
+            want[b, column] = trace[b, column] > 2.0 * np.exp(-0.1 * t)
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and (mask & ~want).any()
+
+
+def test_switch_score_is_jsd_half():
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(2, 4, 9)).astype("float32")
+    got = ops.convert_to_numpy(ak.Switch().score(teacher, student, None))
+    want = ops.convert_to_numpy(ak.divergences.token_divergence(teacher, student, "jsd", beta=0.5))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_skd_score_is_teacher_rank_of_the_proposal():
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(size=(32, 50)).astype("float32")
+    proposal = rng.integers(0, 50, size=32).astype("int32")
+    rank = ops.convert_to_numpy(ak.SKD(top_k=5).score(teacher, None, proposal))
+    order = np.argsort(-teacher, axis=1)
+    want = np.array([np.flatnonzero(order[b] == proposal[b])[0] for b in range(32)])
+    np.testing.assert_array_equal(rank, want)
+    in_top_k = rank < 5
+    writes = ops.convert_to_numpy(
+        ak.SKD(top_k=5).teacher_writes(rank[:, None], np.ones((32, 1), bool))
+    )[:, 0]
+    np.testing.assert_array_equal(writes, ~in_top_k)
+
+
+def test_fixed_source_strategies():
+    mask = np.array([[0, 1, 1, 0]], bool)
+    scores = np.ones((1, 4), "float32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(ak.SeqKD().teacher_writes(scores, mask)), mask)
+    for strategy in (ak.OnPolicy(), ak.GKD(), ak.SFT(), ak.SupervisedKD()):
+        assert not ops.convert_to_numpy(strategy.teacher_writes(scores, mask)).any()
+    assert ak.ImitKD().ground_truth_rate == 0.5
+    assert ak.GKD(lmbda=1.0).ground_truth_rate == 0.0
+    assert ak.SFT().loss == "cross_entropy" and ak.SupervisedKD().loss == "divergence"
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ak.AdaSwitch(window=0), "window"),
+        (lambda: ak.AdaSwitch(window=2.5), "window"),
+        (lambda: ak.AdaSwitch(k=0.0), "`k`"),
+        (lambda: ak.SKD(top_k=0), "top_k"),
+        (lambda: ak.GKD(lmbda=1.5), "lmbda"),
+        (lambda: ak.Switch(tau0=-1.0), "tau0"),
+        (lambda: strategies.get("nope"), "Unknown strategy"),
+    ],
+)
+def test_out_of_range_parameters_are_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_get_by_name():
+    assert isinstance(strategies.get("adaswitch"), ak.AdaSwitch)
+    assert isinstance(strategies.get("SKD"), ak.SKD)
+    assert strategies.get("imitkd").lmbda == 0.5
