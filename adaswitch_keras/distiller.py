@@ -179,7 +179,8 @@ class Distiller(keras.Model):
         """A batched, packed `tf.data.Dataset` from prompt/response data.
 
         Lists and dicts are shuffled when `shuffle`; a `tf.data.Dataset` is
-        taken as it comes (shuffle it yourself)."""
+        taken as it comes (shuffle it yourself). Data already packed (with
+        `token_ids`, `padding_mask`, `response_mask`) is only batched."""
         if isinstance(data, (list, tuple)):
             if not data:
                 raise ValueError("The dataset is empty: no prompt/response pairs.")
@@ -189,6 +190,8 @@ class Distiller(keras.Model):
                 )
             data = {key: [row.get(key, "") for row in data] for key in data[0]}
         if isinstance(data, dict):
+            if "prompts" in data and "token_ids" not in data:
+                self.packer.check_prompts(list(data["prompts"]))
             data = tf.data.Dataset.from_tensor_slices(data)
             if shuffle:
                 data = data.shuffle(data.cardinality(), seed=self._seed)
@@ -198,12 +201,13 @@ class Distiller(keras.Model):
                 f'with "prompts" and "responses". Received: {type(data).__name__}'
             )
         spec = data.element_spec
-        if not isinstance(spec, dict) or "prompts" not in spec:
+        packed = isinstance(spec, dict) and "token_ids" in spec  # make_dataset output
+        if not packed and (not isinstance(spec, dict) or "prompts" not in spec):
             raise ValueError(
                 'Dataset elements must be dicts with a "prompts" key (and '
                 f'"responses"). Received element_spec: {spec}'
             )
-        if "responses" not in spec:
+        if not packed and "responses" not in spec:
             if needs_responses:
                 raise ValueError(
                     f'Dataset has no "responses": {self.strategy!r} and evaluation '
@@ -212,13 +216,13 @@ class Distiller(keras.Model):
             data = data.map(
                 lambda row: {**row, "responses": tf.fill(tf.shape(row["prompts"]), "")}
             )
-        if spec["prompts"].shape.rank == 0:
+        if spec["token_ids" if packed else "prompts"].shape.rank == int(packed):
             data = data.batch(batch_size or 8)
         if data.cardinality() == 0:
             raise ValueError("The dataset is empty: no prompt/response pairs.")
-        return data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-            tf.data.AUTOTUNE
-        )
+        if not packed:
+            data = data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE)
+        return data.prefetch(tf.data.AUTOTUNE)
 
 
 def shared_vocabulary_size(teacher, student):
@@ -237,7 +241,7 @@ def shared_vocabulary_size(teacher, student):
             f"{teacher_size} tokens, the student's {student_size}. Distillation "
             "compares next-token distributions, so both need the same tokenizer."
         )
-    if teacher_tokenizer.get_vocabulary() != student_tokenizer.get_vocabulary():
+    if _token_ids(teacher_tokenizer) != _token_ids(student_tokenizer):
         raise ValueError(
             f"Teacher and student tokenizers both have {teacher_size} tokens but "
             "different vocabularies; both models need the same tokenizer."
@@ -249,3 +253,9 @@ def shared_vocabulary_size(teacher, student):
                 f"fewer than its tokenizer's {teacher_size} tokens."
             )
     return teacher_size
+
+
+def _token_ids(tokenizer):
+    """{token: id}; BPE `get_vocabulary()` is not in id order."""
+    vocabulary = tokenizer.get_vocabulary()
+    return dict(zip(vocabulary, map(tokenizer.token_to_id, vocabulary)))

@@ -39,6 +39,19 @@ class PromptResponsePacker:
             return_padding_mask=True,
         )
 
+    def check_prompts(self, prompts):
+        """Raise a ValueError naming the first prompt that leaves no room."""
+        lengths = [len(ids) + len(self.start) for ids in self.tokenizer(prompts)]
+        longest_allowed = self.sequence_length - self.max_new_tokens
+        for index, length in enumerate(lengths):
+            if length > longest_allowed or length == 0:
+                raise ValueError(
+                    f"Prompt {index} has {length} tokens; prompts need 1 to "
+                    f"sequence_length - max_new_tokens = {self.sequence_length} - "
+                    f"{self.max_new_tokens} = {longest_allowed}. Shorten it, lower "
+                    "max_new_tokens or raise the preprocessor's sequence_length."
+                )
+
     def __call__(self, inputs):
         prompts = self.tokenizer(inputs["prompts"])
         responses = self.tokenizer(inputs["responses"])

@@ -1,0 +1,179 @@
+"""Distiller: the loss against NumPy, fit() per strategy, metrics, bad input."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import adaswitch_keras as ak
+from conftest import MAX_NEW_TOKENS
+from conftest import SEQUENCE_LENGTH
+from conftest import arithmetic_pairs
+from conftest import copy_weights
+
+
+def fresh_student(pair):
+    _, student = pair
+    clone = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
+    clone.set_weights(student.get_weights())
+    return clone
+
+
+def np_forward_kl(teacher_logits, student_logits):
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    log_p, log_q = log_softmax(teacher_logits), log_softmax(student_logits)
+    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+def test_loss_is_the_masked_mean_over_response_tokens(pair, batch):
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
+    loss = distiller.compute_loss(batch, y_pred=distiller(batch))
+    inputs = {k: batch[k] for k in ("token_ids", "padding_mask")}
+    kl = np_forward_kl(
+        ops.convert_to_numpy(teacher(inputs)).astype("float64")[:, :-1],
+        ops.convert_to_numpy(student(inputs)).astype("float64")[:, :-1],
+    )
+    mask = batch["response_mask"][:, 1:]  # logits at t predict token t + 1
+    np.testing.assert_allclose(float(ops.convert_to_numpy(loss)), kl[mask].mean(), rtol=1e-4)
+
+
+def test_response_mask_keeps_the_end_token_and_drops_the_prompt(pair, batch):
+    """TRL #6357 and #2058: EOS stays in the loss, prompt tokens never are."""
+    end_token = pair[1].preprocessor.tokenizer.end_token_id
+    for row in range(len(batch["token_ids"])):
+        columns = np.flatnonzero(batch["response_mask"][row])
+        assert batch["token_ids"][row, columns[-1]] == end_token
+        prompt = batch["padding_mask"][row] & ~batch["response_mask"][row]
+        assert np.flatnonzero(prompt).max() == columns[0] - 1
+
+
+def test_sft_loss_is_cross_entropy_of_the_response(pair, batch):
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
+    loss = float(ops.convert_to_numpy(distiller.compute_loss(batch, y_pred=distiller(batch))))
+    logits = ops.convert_to_numpy(student({k: batch[k] for k in ("token_ids", "padding_mask")}))
+    logits = logits.astype("float64")[:, :-1]
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    targets = batch["token_ids"][:, 1:]
+    nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(loss, nll[batch["response_mask"][:, 1:]].mean(), rtol=1e-4)
+
+
+STRATEGIES = [
+    ak.SupervisedKD(),
+    ak.SeqKD(),
+    ak.OnPolicy(),
+    ak.GKD(lmbda=0.5),
+    ak.SKD(top_k=60),
+    ak.Switch(tau0=0.3, decay=0.05),
+    ak.AdaSwitch(window=2, k=1.2),
+]
+
+
+def ground_truth_divergence(distiller, packed):
+    return float(ops.convert_to_numpy(distiller(packed)["divergence"])[packed["response_mask"][:, 1:]].mean())
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=repr)
+def test_fit_lowers_ground_truth_divergence_and_never_updates_the_teacher(pair, packed_pairs, strategy):
+    teacher, _ = pair
+    student = fresh_student(pair)
+    distiller = ak.Distiller(teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    teacher_before, student_before = copy_weights(teacher), copy_weights(student)
+    before = ground_truth_divergence(distiller, packed_pairs)
+    history = distiller.fit(packed_pairs, batch_size=8, epochs=3, verbose=0)
+    after = ground_truth_divergence(distiller, packed_pairs)
+    assert after < 0.9 * before, (before, after)
+    for old, new in zip(teacher_before, copy_weights(teacher)):
+        np.testing.assert_array_equal(old, new)
+    assert any(not np.array_equal(a, b) for a, b in zip(student_before, copy_weights(student)))
+    expected = {"loss", "divergence", "switch_rate", "teacher_token_fraction", "switch_position"}
+    assert expected <= set(history.history)
+    assert all(np.isfinite(v).all() for v in history.history.values())
+
+
+def test_evaluate_reports_the_divergence_on_ground_truth(pair, packed_pairs):
+    distiller = ak.Distiller(*pair, strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS)
+    distiller.compile(optimizer="adam")
+    logs = distiller.evaluate(arithmetic_pairs(16), batch_size=16, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "divergence"}
+    assert logs["divergence"] == pytest.approx(ground_truth_divergence(distiller, packed_pairs), rel=1e-4)
+
+
+def test_sft_fit_lowers_cross_entropy(pair, packed_pairs):
+    teacher, _ = pair
+    distiller = ak.Distiller(teacher, fresh_student(pair), strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = distiller.fit(packed_pairs, batch_size=8, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]
+
+
+def test_rollout_metrics_follow_the_strategy(pair, packed_pairs):
+    teacher, _ = pair
+    logs = {}
+    for strategy in (ak.OnPolicy(), ak.SeqKD()):
+        distiller = ak.Distiller(teacher, fresh_student(pair), strategy=strategy, max_new_tokens=MAX_NEW_TOKENS)
+        distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+        logs[repr(strategy)] = distiller.fit(packed_pairs, batch_size=16, verbose=0).history
+    assert logs["OnPolicy()"]["switch_rate"] == [0.0]
+    assert logs["OnPolicy()"]["teacher_token_fraction"] == [0.0]
+    assert logs["SeqKD()"]["switch_rate"] == [1.0]
+    assert logs["SeqKD()"]["teacher_token_fraction"] == [1.0]
+    assert logs["SeqKD()"]["switch_position"] == [0.0]
+
+
+def test_mismatched_tokenizers_are_a_clear_error(pair):
+    teacher, _ = pair
+    gemma = ak.models.tiny_causal_lm("gemma", sequence_length=SEQUENCE_LENGTH)
+    with pytest.raises(ValueError, match="the teacher's has 265 tokens, the student's 320"):
+        ak.Distiller(teacher, gemma)
+    vocabulary = teacher.preprocessor.tokenizer.get_vocabulary()
+    swapped = dict(zip(vocabulary, range(len(vocabulary))))
+    swapped["a"], swapped["b"] = swapped["b"], swapped["a"]
+    tokenizer = type(teacher.preprocessor.tokenizer)(
+        vocabulary=swapped, merges=ak.models._MERGES
+    )
+    other = ak.models.tiny_causal_lm(tokenizer=tokenizer, sequence_length=SEQUENCE_LENGTH)
+    with pytest.raises(ValueError, match="different vocabularies"):
+        ak.Distiller(teacher, other)
+
+
+def test_bad_input_is_a_clear_error(pair):
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="Prompt 1 has .* tokens"):
+        distiller.fit([{"prompts": "ok", "responses": "x"}, {"prompts": "x" * 40, "responses": "y"}])
+    with pytest.raises(ValueError, match="empty"):
+        distiller.fit([])
+    with pytest.raises(ValueError, match='no "responses"'):
+        distiller.fit([{"prompts": "Q: 1 + 1 ="}])
+    with pytest.raises(ValueError, match="Expected a tf.data.Dataset"):
+        distiller.fit("Q: 1 + 1 =")
+    with pytest.raises(ValueError, match="CausalLM"):
+        ak.Distiller(teacher.backbone, student)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ak.Distiller(teacher, student, max_new_tokens=SEQUENCE_LENGTH)
+
+
+def test_prompt_only_data_is_enough_for_on_policy(pair):
+    teacher, _ = pair
+    distiller = ak.Distiller(teacher, fresh_student(pair), strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS)
+    distiller.compile(optimizer="adam")
+    history = distiller.fit([{"prompts": f"Q: {i} + 1 ="} for i in range(8)], batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_long_prompt_in_a_tf_dataset_fails_with_the_message(pair):
+    import tensorflow as tf
+
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
+    data = tf.data.Dataset.from_tensor_slices({"prompts": ["x" * 40], "responses": ["y"]})
+    with pytest.raises(Exception, match="longer than sequence_length - max_new_tokens"):
+        next(iter(distiller.make_dataset(data)))
