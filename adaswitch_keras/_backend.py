@@ -14,6 +14,7 @@ def train_step(distiller, *args):
     if backend == "jax":
         return _jax_train_step(distiller, *args)
     (data,) = args
+    data = _inputs(data)
     if backend == "torch":
         import torch
 
@@ -26,6 +27,7 @@ def train_step(distiller, *args):
 
 def _jax_train_step(distiller, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
+    data = _inputs(data)
     mapping = list(zip(distiller.trainable_variables, trainable))
     mapping += list(zip(distiller.non_trainable_variables, non_trainable))
     with keras.StatelessScope(state_mapping=mapping) as scope:
@@ -41,3 +43,13 @@ def _jax_train_step(distiller, state, data):
 def _current(scope, variable, value):
     new_value = scope.get_current_value(variable)
     return value if new_value is None else new_value
+
+
+def _inputs(data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if y is not None or sample_weight is not None:
+        raise ValueError(
+            "The Distiller trains on inputs alone (prompts and responses); the "
+            "response mask weights the tokens. Pass no targets or sample weights."
+        )
+    return x
