@@ -92,13 +92,18 @@ def tiny_causal_lm(
     intermediate_dim=64,
     sequence_length=64,
     tokenizer=None,
+    vocabulary_size=None,
     dtype=None,
 ):
-    """A randomly initialised KerasHub `CausalLM` with a preprocessor."""
+    """A randomly initialised KerasHub `CausalLM` with a preprocessor.
+
+    `vocabulary_size` pads the embedding table beyond the tokenizer's size, as
+    real checkpoints do (e.g. 152064 rows for 151646 Qwen2 tokens).
+    """
     _check_architecture(architecture)
     tokenizer = tokenizer or tiny_tokenizer(architecture)
     _, backbone_name, preprocessor_name, lm_name = _CLASSES[architecture]
-    vocabulary_size = tokenizer.vocabulary_size()
+    vocabulary_size = vocabulary_size or tokenizer.vocabulary_size()
     config = {
         "vocabulary_size": vocabulary_size,
         "num_layers": num_layers,

@@ -177,3 +177,26 @@ def test_long_prompt_in_a_tf_dataset_fails_with_the_message(pair):
     data = tf.data.Dataset.from_tensor_slices({"prompts": ["x" * 40], "responses": ["y"]})
     with pytest.raises(Exception, match="longer than sequence_length - max_new_tokens"):
         next(iter(distiller.make_dataset(data)))
+
+
+def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
+    """Teacher 265 + 7 rows, student 265 + 3: logits are compared on 265."""
+    teacher, _ = pair
+    tokenizer = teacher.preprocessor.tokenizer
+    size = tokenizer.vocabulary_size()
+    keras.utils.set_random_seed(2)
+    big = ak.models.tiny_causal_lm(tokenizer=tokenizer, vocabulary_size=size + 7, sequence_length=SEQUENCE_LENGTH)
+    small = ak.models.tiny_causal_lm(tokenizer=tokenizer, vocabulary_size=size + 3, num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    distiller = ak.Distiller(big, small, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    assert distiller.vocabulary_size == size
+    packed = next(iter(distiller.make_dataset(arithmetic_pairs(8), batch_size=8)))
+    packed = {k: np.asarray(v) for k, v in packed.items()}
+    loss = float(ops.convert_to_numpy(distiller.compute_loss(packed, y_pred=distiller(packed))))
+    inputs = {k: packed[k] for k in ("token_ids", "padding_mask")}
+    kl = np_forward_kl(
+        ops.convert_to_numpy(big(inputs)).astype("float64")[:, :-1, :size],
+        ops.convert_to_numpy(small(inputs)).astype("float64")[:, :-1, :size],
+    )
+    np.testing.assert_allclose(loss, kl[packed["response_mask"][:, 1:]].mean(), rtol=1e-4)
+    out = distiller.rollout(packed)
+    assert ops.convert_to_numpy(out["token_ids"]).max() < size
