@@ -1,9 +1,14 @@
 """AdaSwitch knowledge distillation for causal LMs, in Keras 3."""
 
+from adaswitch_keras import callbacks
+from adaswitch_keras import data
 from adaswitch_keras import divergences
+from adaswitch_keras import evaluation
 from adaswitch_keras import models
+from adaswitch_keras import preprocessing
 from adaswitch_keras import strategies
 from adaswitch_keras.distiller import Distiller
+from adaswitch_keras.evaluation import evaluate
 from adaswitch_keras.rollout import rollout
 from adaswitch_keras.strategies import GKD
 from adaswitch_keras.strategies import SFT

@@ -14,6 +14,10 @@ from adaswitch_keras.rollout import get_sampler
 from adaswitch_keras.rollout import rollout
 
 
+# What `make_dataset` reads; other fields of task rows (answers, references) are dropped.
+_INPUT_KEYS = ("prompts", "responses", "token_ids", "padding_mask", "response_mask")
+
+
 class Distiller(keras.Model):
     """Distil a KerasHub `teacher` causal LM into a `student`.
 
@@ -188,8 +192,10 @@ class Distiller(keras.Model):
                 raise ValueError(
                     'Expected a list of {"prompts": str, "responses": str} dicts.'
                 )
-            data = {key: [row.get(key, "") for row in data] for key in data[0]}
+            keys = [key for key in _INPUT_KEYS if key in data[0]]
+            data = {key: [row.get(key, "") for row in data] for key in keys}
         if isinstance(data, dict):
+            data = {key: data[key] for key in _INPUT_KEYS if key in data}
             if "prompts" in data and "token_ids" not in data:
                 self.packer.check_prompts(list(data["prompts"]))
             data = tf.data.Dataset.from_tensor_slices(data)
