@@ -195,12 +195,7 @@ class Distiller(keras.Model):
             keys = [key for key in _INPUT_KEYS if key in data[0]]
             data = {key: [row.get(key, "") for row in data] for key in keys}
         if isinstance(data, dict):
-            data = {key: data[key] for key in _INPUT_KEYS if key in data}
-            if "prompts" in data and "token_ids" not in data:
-                self.packer.check_prompts(list(data["prompts"]))
-            data = tf.data.Dataset.from_tensor_slices(data)
-            if shuffle:
-                data = data.shuffle(data.cardinality(), seed=self._seed)
+            return self._in_memory_dataset(data, batch_size, needs_responses, shuffle)
         if not isinstance(data, tf.data.Dataset):
             raise ValueError(
                 "Expected a tf.data.Dataset, a dict of lists or a list of dicts "
@@ -229,6 +224,22 @@ class Distiller(keras.Model):
         if not packed:
             data = data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE)
         return data.prefetch(tf.data.AUTOTUNE)
+
+    def _in_memory_dataset(self, data, batch_size, needs_responses, shuffle):
+        """Lists and dicts are tokenized once and cached, then shuffled each
+        epoch: re-tokenizing every batch competes with the training step for
+        the CPU (benchmarks/fit_speed.py)."""
+        data = {key: data[key] for key in _INPUT_KEYS if key in data}
+        if "prompts" in data and "token_ids" not in data:
+            self.packer.check_prompts(list(data["prompts"]))
+        size = len(next(iter(data.values()), []))
+        packed = self.make_dataset(
+            tf.data.Dataset.from_tensor_slices(data), 1024, needs_responses
+        ).unbatch()
+        packed = packed.apply(tf.data.experimental.assert_cardinality(size)).cache()
+        if shuffle:
+            packed = packed.shuffle(size, seed=self._seed)
+        return packed.batch(batch_size or 8).prefetch(tf.data.AUTOTUNE)
 
 
 def shared_vocabulary_size(teacher, student):

@@ -57,9 +57,11 @@ def is_correct(prediction, answer):
 
 
 def rouge(predictions, references):
-    """ROUGE-1/2/L F-measure of `rouge-score` (stemmed), averaged over each
-    example's references, then over examples (as DialogSum reports its
-    three-reference test set)."""
+    """ROUGE-1/2/L F-measure with `rouge-score`, stemmed, whole strings (no
+    sentence splitting), averaged over each example's references, then over
+    examples. DialogSum's authors scored with py-rouge, whose default
+    `apply_avg` likewise averages over the three test references (the max,
+    `apply_best`, is higher)."""
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = {name: [] for name in ROUGE_TYPES}
     for prediction, refs in zip(predictions, references):
