@@ -6,6 +6,7 @@ from adaswitch_keras import divergences
 from adaswitch_keras import evaluation
 from adaswitch_keras import models
 from adaswitch_keras import preprocessing
+from adaswitch_keras import presets
 from adaswitch_keras import strategies
 from adaswitch_keras.distiller import Distiller
 from adaswitch_keras.evaluation import evaluate

@@ -50,3 +50,4 @@ class TaskEvaluation(keras.callbacks.Callback):
             self._evaluate()
         if logs is not None:
             logs.update(self.latest)
+

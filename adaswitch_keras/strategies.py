@@ -224,6 +224,7 @@ _BY_NAME = {
     "switch": Switch,
     "adaswitch": AdaSwitch,
 }
+NAMES = tuple(_BY_NAME)
 
 
 def get(identifier):

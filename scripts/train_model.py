@@ -25,10 +25,9 @@ import adaswitch_keras as ak
 
 SIZES = {  # num_layers, hidden_dim, num_heads, intermediate_dim
     "teacher": dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512),
-    "student": dict(num_layers=1, hidden_dim=32, num_heads=2, intermediate_dim=64),
+    "student": dict(num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=256),
 }
-TASK = dict(steps=2, max_operand=20, operations="+-", distractors=0)
-MAX_NEW_TOKENS = 48  # the longest solution is 40 tokens
+TASK, MAX_NEW_TOKENS = ak.presets.TASK, ak.presets.MAX_NEW_TOKENS
 
 
 def packed_dataset(model, rows, batch_size, seed):

@@ -1,0 +1,239 @@
+"""The `adaswitch-keras` command: `demo`, `distill` and `evaluate`.
+
+    adaswitch-keras demo --backend jax
+    adaswitch-keras distill --teacher TEACHER --student STUDENT --task gsm8k --data-dir DIR
+    adaswitch-keras evaluate --model PRESET --task arithmetic
+
+Run it through the console script (`adaswitch_keras_cli.main`), which sets
+KERAS_BACKEND from `--backend` before Keras is imported.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import keras
+import keras_hub
+
+from adaswitch_keras import data
+from adaswitch_keras import evaluation
+from adaswitch_keras import plotting
+from adaswitch_keras import presets
+from adaswitch_keras import strategies
+from adaswitch_keras.distiller import Distiller
+from adaswitch_keras.divergences import KINDS
+
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit code 2, no traceback."""
+
+
+def load_model(preset):
+    """A KerasHub CausalLM from a shipped name, a local directory or a hub preset."""
+    if preset in presets.NAMES:
+        preset = presets.path(preset)
+    elif os.sep in preset or preset.startswith("."):
+        if not os.path.isdir(preset):
+            raise UsageError(f"No preset directory at {os.path.abspath(preset)}.")
+        if not os.path.exists(os.path.join(preset, "config.json")):
+            raise UsageError(f"{os.path.abspath(preset)} is not a KerasHub preset (no config.json).")
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset)
+    except Exception as error:  # KerasHub raises many types for a bad name
+        raise UsageError(
+            f"Could not load the preset {preset!r} ({type(error).__name__}: {error}). "
+            f"Use a KerasHub preset name, a local preset directory or one of {presets.NAMES}."
+        ) from None
+
+
+def make_strategy(args):
+    """The strategy named by `--strategy`, with its hyper-parameters."""
+    options = {
+        "gkd": {"lmbda": args.lmbda},
+        "skd": {"top_k": args.top_k},
+        "switch": {"tau0": args.tau0, "decay": args.decay},
+        "adaswitch": {"window": args.window, "k": args.k},
+    }.get(args.strategy, {})
+    strategy_class = type(strategies.get(args.strategy))
+    return strategy_class(**{k: v for k, v in options.items() if v is not None})
+
+
+def load_rows(task, split, args, limit=None, **options):
+    try:
+        return data.load(task, split, data_dir=args.data_dir, limit=limit, chat=args.chat, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+
+
+def distill(args, teacher, student, train, test, task):
+    """Evaluate, distill, evaluate again; write preset, history and plot."""
+    os.makedirs(args.output, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    distiller = Distiller(
+        teacher, student, strategy=make_strategy(args), divergence=args.divergence,
+        beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )
+    distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
+    # Bad prompts fail here, before anything long runs.
+    dataset = distiller.make_dataset(train, args.batch_size, shuffle=True).repeat()
+
+    def score(model, name):
+        print(f"Evaluating the {name} on {len(test)} {task} test examples")
+        start = time.perf_counter()
+        result = evaluation.evaluate(model, task, examples=test, batch_size=args.eval_batch_size)
+        return {k: v for k, v in result.items() if k != "predictions"}, time.perf_counter() - start
+
+    teacher_metrics, _ = score(teacher, "teacher")
+    before, _ = score(student, "student")
+    log_every = min(args.log_every, args.steps)
+    epochs = -(-args.steps // log_every)  # whole logging periods: rounds steps up
+    callbacks = []
+    if args.checkpoint_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(args.checkpoint_dir, save_freq="epoch"))
+    print(f"Distilling with {distiller.strategy!r}, {args.divergence}, {epochs * log_every} steps")
+    start = time.perf_counter()
+    try:
+        history = distiller.fit(
+            dataset, epochs=epochs, steps_per_epoch=log_every, callbacks=callbacks,
+            verbose=args.verbose,
+        ).history
+        interrupted = False
+    except KeyboardInterrupt:
+        history, interrupted = distiller.history.history if distiller.history else {}, True
+        print("\nInterrupted: saving the student as it is now.")
+    seconds = time.perf_counter() - start
+    after, _ = score(student, "student")
+
+    student_dir = os.path.join(args.output, "student")
+    student.save_to_preset(student_dir)
+    metric = "accuracy" if task in data.GSM_FAMILY else "rougeL"
+    report = {
+        "task": task, "strategy": repr(distiller.strategy), "divergence": args.divergence,
+        "steps": len(history.get("loss", [])) * log_every, "backend": keras.backend.backend(),
+        "seconds_distilling": seconds, "interrupted": interrupted,
+        "teacher": teacher_metrics, "student_before": before, "student_after": after,
+        "history": history, "steps_per_point": log_every,
+    }
+    with open(os.path.join(args.output, "history.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    if history.get("loss"):
+        plotting.plot_history(
+            history, os.path.join(args.output, "distillation.png"), steps_per_epoch=log_every,
+            title=f"{distiller.strategy!r} on {task} ({keras.backend.backend()})",
+        )
+    rows = [
+        ("student " + metric, f"{before[metric]:.3f}", f"{after[metric]:.3f}"),
+        ("teacher " + metric, f"{teacher_metrics[metric]:.3f}", f"{teacher_metrics[metric]:.3f}"),
+        ("switch rate", "", f"{history['switch_rate'][-1]:.3f}" if history.get("switch_rate") else "-"),
+        ("distillation time", "", f"{seconds:.0f} s"),
+    ]
+    print(f"\n| {'':<22} | {'before':>8} | {'after':>8} |\n|{'-' * 24}|{'-' * 10}|{'-' * 10}|")
+    for name, a, b in rows:
+        print(f"| {name:<22} | {a:>8} | {b:>8} |")
+    print(f"\nStudent preset, history.json and distillation.png are in {os.path.abspath(args.output)}")
+    return report
+
+
+def run_demo(args):
+    teacher = load_model("arithmetic-teacher")
+    student = load_model("arithmetic-student")
+    train = load_rows("arithmetic", "train", args, **presets.TASK)
+    test = load_rows("arithmetic", "test", args, limit=args.eval_limit, **presets.TASK)
+    args.max_new_tokens = args.max_new_tokens or presets.MAX_NEW_TOKENS
+    return distill(args, teacher, student, train, test, "arithmetic")
+
+
+def run_distill(args):
+    teacher, student = load_model(args.teacher), load_model(args.student)
+    train = load_rows(args.task, "train", args)
+    test = load_rows(args.task, "test", args, limit=args.eval_limit)
+    return distill(args, teacher, student, train, test, args.task)
+
+
+def run_evaluate(args):
+    model = load_model(args.model)
+    examples = load_rows(args.task, args.split, args, limit=args.limit)
+    result = evaluation.evaluate(model, args.task, examples=examples, batch_size=args.batch_size,
+                                 output=args.output)
+    metrics = {k: v for k, v in result.items() if k != "predictions"}
+    print(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _training_arguments(parser, steps, batch_size, learning_rate, output):
+    parser.add_argument("--strategy", default="adaswitch", choices=strategies.NAMES)
+    parser.add_argument("--divergence", default="forward_kl", choices=KINDS)
+    parser.add_argument("--steps", type=int, default=steps, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="rollout length (TRL's max_new_tokens)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divergence temperature (TRL's temperature)")
+    parser.add_argument("--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)")
+    parser.add_argument("--lmbda", type=float, default=None, help="GKD: fraction of on-policy batches (TRL's lmbda)")
+    parser.add_argument("--window", type=int, default=None, help="AdaSwitch window L")
+    parser.add_argument("--k", type=float, default=None, help="AdaSwitch multiplier K")
+    parser.add_argument("--top-k", type=int, default=None, help="SKD top-K")
+    parser.add_argument("--tau0", type=float, default=None, help="SWITCH initial threshold")
+    parser.add_argument("--decay", type=float, default=None, help="SWITCH threshold decay")
+    parser.add_argument("--eval-limit", type=int, default=None, help="test examples to score (default all)")
+    parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--log-every", type=int, default=25, help="steps per logged point (a Keras epoch)")
+    parser.add_argument("--checkpoint-dir", default=None, help="resume from / back up to here")
+    parser.add_argument("--output", default=output)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="adaswitch-keras", description="AdaSwitch knowledge distillation in Keras 3.")
+    parser.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: KERAS_BACKEND or Keras' own)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="distill the shipped arithmetic teacher into the shipped student")
+    _training_arguments(demo, steps=300, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
+
+    run = commands.add_parser("distill", help="distill any KerasHub teacher preset into a student preset")
+    run.add_argument("--teacher", required=True, help="KerasHub preset name or local preset directory")
+    run.add_argument("--student", required=True, help="KerasHub preset name or local preset directory")
+    run.add_argument("--task", default="arithmetic", choices=data.TASKS)
+    run.add_argument("--data-dir", default=None, help="folder of the task's JSONL files")
+    run.add_argument("--chat", action="store_true", help="ChatML prompts for instruct models")
+    _training_arguments(run, steps=1000, batch_size=8, learning_rate=1e-5, output="adaswitch-run")
+
+    score = commands.add_parser("evaluate", help="score a preset on a task split")
+    score.add_argument("--model", required=True, help="KerasHub preset name or local preset directory")
+    score.add_argument("--task", default="arithmetic", choices=data.TASKS)
+    score.add_argument("--split", default="test")
+    score.add_argument("--data-dir", default=None)
+    score.add_argument("--chat", action="store_true")
+    score.add_argument("--limit", type=int, default=None)
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--output", default=None, help="write predictions here as JSONL")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.backend and args.backend != keras.backend.backend():
+        print(f"error: Keras was imported with the {keras.backend.backend()} backend before "
+              f"--backend {args.backend} could apply; run the `adaswitch-keras` command.", file=sys.stderr)
+        return 2
+    for name in ("steps", "batch_size", "log_every", "eval_limit", "limit"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1.", file=sys.stderr)
+            return 2
+    if args.command == "demo":
+        args.data_dir, args.chat = None, False
+    try:
+        {"demo": run_demo, "distill": run_distill, "evaluate": run_evaluate}[args.command](args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # our own checks: tokenizers, prompt lengths, ...
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
