@@ -194,7 +194,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="distill the shipped arithmetic teacher into the shipped student")
-    _training_arguments(demo, steps=300, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
+    _training_arguments(demo, steps=600, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
 
     run = commands.add_parser("distill", help="distill any KerasHub teacher preset into a student preset")
     run.add_argument("--teacher", required=True, help="KerasHub preset name or local preset directory")

@@ -26,6 +26,7 @@ import adaswitch_keras as ak
 SIZES = {  # num_layers, hidden_dim, num_heads, intermediate_dim
     "teacher": dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512),
     "student": dict(num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=256),
+    "small_student": dict(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=128),
 }
 TASK, MAX_NEW_TOKENS = ak.presets.TASK, ak.presets.MAX_NEW_TOKENS
 
