@@ -1,9 +1,10 @@
-"""The one place where backends differ: running the rollout without gradients
-before Keras' own `train_step` takes the gradient step.
+"""The one place where backends differ: running the rollout without gradients,
+before Keras' own `train_step` takes the gradient step, or as `predict_step`.
 
-JAX's `train_step(state, data)` is stateless, so the rollout reads the
-variables from `state` and hands back the advanced seed; PyTorch needs
-`no_grad`; TensorFlow records nothing outside its `GradientTape`.
+JAX's steps (`train_step(state, data)`, `predict_step(state, data)`) are
+stateless, so the rollout reads the variables from `state` and hands back the
+advanced seed; PyTorch needs `no_grad`; TensorFlow records nothing outside
+its `GradientTape`.
 """
 
 import keras
@@ -25,19 +26,40 @@ def train_step(distiller, *args):
     return keras.Model.train_step(distiller, data)
 
 
+def predict_step(distiller, *args):
+    """The rollout of a batch: `Distiller.predict` returns the rollouts."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        (trainable, non_trainable), data = args
+        return _jax_rollout(distiller, trainable, non_trainable, data)
+    (data,) = args
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            return distiller.rollout(_inputs(data))
+    return distiller.rollout(_inputs(data))
+
+
 def _jax_train_step(distiller, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
-    data = _inputs(data)
+    data, non_trainable = _jax_rollout(distiller, trainable, non_trainable, data)
+    state = (trainable, non_trainable, optimizer_variables, metrics_variables)
+    return keras.Model.train_step(distiller, state, data)
+
+
+def _jax_rollout(distiller, trainable, non_trainable, data):
+    """The rollout on the variable values of a JAX state, and the new
+    non-trainable values (the advanced seed)."""
     mapping = list(zip(distiller.trainable_variables, trainable))
     mapping += list(zip(distiller.non_trainable_variables, non_trainable))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        data = distiller.rollout(data)
+        generated = distiller.rollout(_inputs(data))
     non_trainable = [
         _current(scope, variable, value)
         for variable, value in zip(distiller.non_trainable_variables, non_trainable)
     ]
-    state = (trainable, non_trainable, optimizer_variables, metrics_variables)
-    return keras.Model.train_step(distiller, state, data)
+    return generated, non_trainable
 
 
 def _current(scope, variable, value):

@@ -28,14 +28,17 @@ class Distiller(keras.Model):
     `teacher_token_fraction` and `switch_position`.
 
     Args:
-        teacher, student: `keras_hub.models.CausalLM`s with preprocessors and
-            the same tokenizer. The teacher is frozen.
+        teacher: a `keras_hub.models.CausalLM` with a preprocessor; frozen.
+        student: a `keras_hub.models.CausalLM` with the teacher's tokenizer.
         strategy: a `Strategy` or its name; `AdaSwitch()` by default.
         divergence: a kind of `divergences.token_divergence`.
-        beta, alpha, temperature: of the divergence (loss only).
+        beta: JSD's beta (`divergence="jsd"`).
+        alpha: the skew of `skew_forward_kl` / `skew_reverse_kl`.
+        temperature: applied to both models' logits in the loss.
         max_new_tokens: response length of the rollout; defaults to the
             room the preprocessor's `sequence_length` leaves (at most half).
-        student_sampler, teacher_sampler: KerasHub samplers or their names.
+        student_sampler: the student's KerasHub sampler or its name.
+        teacher_sampler: the teacher's KerasHub sampler or its name.
         seed: seed of the one random stream of the rollouts.
     """
 
@@ -116,6 +119,9 @@ class Distiller(keras.Model):
     def train_step(self, *args):
         return _backend.train_step(self, *args)
 
+    def predict_step(self, *args):
+        return _backend.predict_step(self, *args)
+
     # -- 2. loss --------------------------------------------------------------
     def call(self, inputs, training=False):
         """Per-token loss and divergence `[B, T-1]` (position t predicts t+1)."""
@@ -174,6 +180,14 @@ class Distiller(keras.Model):
         if validation_data is not None:
             validation_data = self.make_dataset(validation_data, batch_size)
         return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
+
+    def predict(self, x=None, batch_size=None, **kwargs):
+        """The strategy's rollouts of prompt data, compiled like `fit`'s:
+        a dict of NumPy arrays, as `rollout.rollout` documents (`token_ids`,
+        `response_mask`, `teacher_token_mask`, `scores`, `switch_index`, ...).
+        Ground-truth responses are needed only by strategies that keep them."""
+        needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
+        return super().predict(self.make_dataset(x, batch_size, needs_responses=needs_truth), **kwargs)
 
     def evaluate(self, x=None, batch_size=None, **kwargs):
         """Divergence to the teacher on the ground-truth responses."""

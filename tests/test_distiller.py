@@ -127,6 +127,24 @@ def test_rollout_metrics_follow_the_strategy(pair, packed_pairs):
     assert logs["SeqKD()"]["switch_position"] == [0.0]
 
 
+def test_predict_returns_the_compiled_rollouts(pair, packed_pairs):
+    teacher, student = pair
+    make = lambda: ak.Distiller(  # noqa: E731
+        teacher, student, strategy=ak.AdaSwitch(window=2, k=1.5), max_new_tokens=MAX_NEW_TOKENS, seed=3
+    )
+    batch = keras.tree.map_structure(keras.ops.convert_to_tensor, packed_pairs)
+    eager = {k: keras.ops.convert_to_numpy(v) for k, v in make().rollout(batch).items()}
+    distiller = make()
+    compiled = distiller.predict(packed_pairs, batch_size=16, verbose=0)
+    assert sorted(compiled) == sorted(eager)
+    for key in ("token_ids", "response_mask", "teacher_token_mask", "switch_index"):
+        np.testing.assert_array_equal(compiled[key], eager[key], err_msg=key)
+    np.testing.assert_allclose(compiled["scores"], eager["scores"], atol=1e-4)
+    assert compiled["teacher_token_mask"].any()  # the rule did switch somewhere
+    again = distiller.predict(packed_pairs, batch_size=16, verbose=0)  # the seed moved on
+    assert not np.array_equal(again["token_ids"], compiled["token_ids"])
+
+
 def test_mismatched_tokenizers_are_a_clear_error(pair):
     teacher, _ = pair
     gemma = ak.models.tiny_causal_lm("gemma", sequence_length=SEQUENCE_LENGTH)
