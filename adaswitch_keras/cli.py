@@ -190,13 +190,17 @@ def _training_arguments(parser, steps, batch_size, learning_rate, output):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="adaswitch-keras", description="AdaSwitch knowledge distillation in Keras 3.")
-    parser.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: KERAS_BACKEND or Keras' own)")
+    backend_help = "Keras backend (default: KERAS_BACKEND or Keras' own)"
+    parser.add_argument("--backend", choices=BACKENDS, help=backend_help)
+    # `--backend` also after the command (`adaswitch-keras demo --backend jax`).
+    backend = argparse.ArgumentParser(add_help=False)
+    backend.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS, help=backend_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="distill the shipped arithmetic teacher into the shipped student")
+    demo = commands.add_parser("demo", help="distill the shipped arithmetic teacher into the shipped student", parents=[backend])
     _training_arguments(demo, steps=600, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
 
-    run = commands.add_parser("distill", help="distill any KerasHub teacher preset into a student preset")
+    run = commands.add_parser("distill", help="distill any KerasHub teacher preset into a student preset", parents=[backend])
     run.add_argument("--teacher", required=True, help="KerasHub preset name or local preset directory")
     run.add_argument("--student", required=True, help="KerasHub preset name or local preset directory")
     run.add_argument("--task", default="arithmetic", choices=data.TASKS)
@@ -204,7 +208,7 @@ def build_parser():
     run.add_argument("--chat", action="store_true", help="ChatML prompts for instruct models")
     _training_arguments(run, steps=1000, batch_size=8, learning_rate=1e-5, output="adaswitch-run")
 
-    score = commands.add_parser("evaluate", help="score a preset on a task split")
+    score = commands.add_parser("evaluate", help="score a preset on a task split", parents=[backend])
     score.add_argument("--model", required=True, help="KerasHub preset name or local preset directory")
     score.add_argument("--task", default="arithmetic", choices=data.TASKS)
     score.add_argument("--split", default="test")

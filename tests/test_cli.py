@@ -85,12 +85,13 @@ def test_incompatible_tokenizers_are_a_clear_error(preset_dirs, tmp_path, capsys
 
 
 def test_console_script_sets_the_backend_before_keras(tmp_path):
-    """Through the real entry point: --backend wins over KERAS_BACKEND; errors have no traceback."""
+    """Through the real entry point: --backend (after the command here, before
+    it below) wins over KERAS_BACKEND; errors have no traceback."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     env = {**os.environ, "KERAS_BACKEND": "tensorflow" if backend != "tensorflow" else "jax"}
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); import adaswitch_keras_cli; "
             "sys.exit(adaswitch_keras_cli.main())")
-    done = subprocess.run([sys.executable, "-c", code, "--backend", backend, "evaluate", "--model", "./missing"],
+    done = subprocess.run([sys.executable, "-c", code, "evaluate", "--backend", backend, "--model", "./missing"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert "No preset directory at" in done.stderr and "Traceback" not in done.stderr
