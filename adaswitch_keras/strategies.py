@@ -1,6 +1,7 @@
 """Strategies: who writes each response token, and which loss trains on it.
 
 A strategy is a small rule, not a loop. The rollout (`rollout.py`) asks it:
+
 - `decoders`: which models decode during the rollout;
 - `score(teacher_logits, student_logits, proposal)`: the statistic its rule
   reads at one position (e.g. AdaSwitch's d_i), recorded in a trace `[B, T]`;
