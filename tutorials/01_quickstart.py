@@ -63,7 +63,7 @@ print(f"teacher: {teacher.count_params():,} parameters; student: {student.count_
 # on (generated offline; the same rows on every machine).
 
 # %%
-train = ak.data.load("arithmetic", "train", **ak.presets.TASK)
+train = ak.data.load("arithmetic", "train", limit=256 if SMOKE else None, **ak.presets.TASK)
 test = ak.data.load("arithmetic", "test", limit=TEST_SIZE, **ak.presets.TASK)
 print(train[0]["prompts"] + train[0]["responses"])
 

@@ -51,7 +51,7 @@ STRATEGIES = [
     ak.AdaSwitch(window=5, k=2.0),
 ]
 teacher = keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-teacher"))
-train = ak.data.load("arithmetic", "train", **ak.presets.TASK)
+train = ak.data.load("arithmetic", "train", limit=256 if SMOKE else None, **ak.presets.TASK)
 test = ak.data.load("arithmetic", "test", limit=TEST_SIZE, **ak.presets.TASK)
 
 
