@@ -4,14 +4,19 @@ before Keras' own `train_step` takes the gradient step, or as `predict_step`.
 JAX's steps (`train_step(state, data)`, `predict_step(state, data)`) are
 stateless, so the rollout reads the variables from `state` and hands back the
 advanced seed; PyTorch needs `no_grad`; TensorFlow records nothing outside
-its `GradientTape`.
+its `GradientTape`. Every backend leaves the weights and the optimizer
+state as they were on a step whose gradients are not all finite.
 """
 
+import types
+
 import keras
+from keras import ops
 
 
 def train_step(distiller, *args):
     backend = keras.config.backend()
+    _skip_non_finite_updates(distiller.optimizer)
     if backend == "jax":
         return _jax_train_step(distiller, *args)
     (data,) = args
@@ -65,6 +70,40 @@ def _jax_rollout(distiller, trainable, non_trainable, data):
 def _current(scope, variable, value):
     new_value = scope.get_current_value(variable)
     return value if new_value is None else new_value
+
+
+def _skip_non_finite_updates(optimizer):
+    """Make the optimizer skip a step whose gradients are not all finite:
+    weights, slots and `iterations` stay as they were, as in Keras'
+    `LossScaleOptimizer`. Installed once, where each backend updates: JAX's
+    `stateless_apply` returns the new values, the others assign in `apply`."""
+    if keras.config.backend() == "jax":
+        if "stateless_apply" not in vars(optimizer):
+            optimizer.stateless_apply = types.MethodType(_stateless_apply_if_finite, optimizer)
+    elif "apply" not in vars(optimizer):
+        optimizer.apply = types.MethodType(_apply_if_finite, optimizer)
+
+
+def _all_finite(grads):
+    return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+
+
+def _apply_if_finite(optimizer, grads, trainable_variables=None):
+    apply = type(optimizer).apply
+    ops.cond(
+        _all_finite(grads),
+        lambda: apply(optimizer, grads, trainable_variables),
+        lambda: None,
+    )
+
+
+def _stateless_apply_if_finite(optimizer, optimizer_variables, grads, trainable_variables):
+    apply = type(optimizer).stateless_apply
+    return ops.cond(
+        _all_finite(grads),
+        lambda: apply(optimizer, optimizer_variables, grads, trainable_variables),
+        lambda: (list(trainable_variables), list(optimizer_variables)),
+    )
 
 
 def _inputs(data):

@@ -78,8 +78,7 @@ def distill(args, teacher, student, train, test, task):
         beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
-    # Bad prompts fail here, before anything long runs.
-    dataset = distiller.make_dataset(train, args.batch_size, shuffle=True).repeat()
+    distiller.packer.check_prompts([row["prompts"] for row in train])  # before anything long
 
     def score(model, name):
         print(f"Evaluating the {name} on {len(test)} {task} test examples")
@@ -98,8 +97,8 @@ def distill(args, teacher, student, train, test, task):
     start = time.perf_counter()
     try:
         history = distiller.fit(
-            dataset, epochs=epochs, steps_per_epoch=log_every, callbacks=callbacks,
-            verbose=args.verbose,
+            train, batch_size=args.batch_size, epochs=epochs, steps_per_epoch=log_every,
+            callbacks=callbacks, verbose=args.verbose,
         ).history
         interrupted = False
     except KeyboardInterrupt:

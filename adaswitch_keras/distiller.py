@@ -1,6 +1,9 @@
 """`Distiller`: rollout + token-level divergence loss + metrics, as a
 `keras.Model` that trains with `fit()` on every backend."""
 
+import math
+import random
+
 import keras
 import keras_hub
 import tensorflow as tf
@@ -65,6 +68,11 @@ class Distiller(keras.Model):
                     f"`{role}` must be a keras_hub.models.CausalLM with a "
                     f"preprocessor. Received: {type(model).__name__}"
                 )
+        if teacher is student:
+            raise ValueError(
+                "`teacher` and `student` are the same model: the teacher is frozen, "
+                "so nothing would train. Pass a separate student."
+            )
         self.vocabulary_size = shared_vocabulary_size(teacher, student)
         divergences.token_divergence(  # validates kind, beta, alpha, temperature
             ops.zeros((1, 2)), ops.zeros((1, 2)), divergence,
@@ -78,18 +86,28 @@ class Distiller(keras.Model):
         self.beta, self.alpha, self.temperature = beta, alpha, temperature
 
         sequence_length = student.preprocessor.sequence_length
-        max_new_tokens = max_new_tokens or sequence_length // 2
-        if not 0 < max_new_tokens < sequence_length:
+        if max_new_tokens is None:
+            max_new_tokens = sequence_length // 2
+        if not (isinstance(max_new_tokens, int) and 0 < max_new_tokens < sequence_length):
             raise ValueError(
-                f"`max_new_tokens` must be in [1, {sequence_length - 1}] for the "
-                f"student preprocessor's sequence_length={sequence_length}. "
+                f"`max_new_tokens` must be an integer in [1, {sequence_length - 1}] "
+                f"for the student preprocessor's sequence_length={sequence_length}. "
                 f"Received: max_new_tokens={max_new_tokens}"
             )
+        for role, model in (("teacher", teacher), ("student", student)):
+            positions = getattr(model.backbone, "max_sequence_length", None)
+            if positions is not None and positions < sequence_length:
+                raise ValueError(
+                    f"The {role} has {positions} positions (max_sequence_length), "
+                    f"fewer than the student preprocessor's sequence_length="
+                    f"{sequence_length}. Lower that sequence_length to {positions}."
+                )
         self.max_new_tokens = max_new_tokens
         self.packer = PromptResponsePacker(student.preprocessor, max_new_tokens)
         self.student_sampler = get_sampler(student_sampler)
         self.teacher_sampler = get_sampler(teacher_sampler)
         self._seed = seed
+        self._steps_taken = 0  # where `fit`'s stream of in-memory rows starts
         self.seed_generator = keras.random.SeedGenerator(seed)
 
         self.divergence_tracker = keras.metrics.Mean(name="divergence")
@@ -102,6 +120,7 @@ class Distiller(keras.Model):
     # -- 1. rollout -----------------------------------------------------------
     def rollout(self, inputs):
         """Responses written by the strategy (see `rollout.rollout`)."""
+        _check_packed_batch(inputs)
         return rollout(
             inputs,
             student=self.student,
@@ -125,6 +144,7 @@ class Distiller(keras.Model):
     # -- 2. loss --------------------------------------------------------------
     def call(self, inputs, training=False):
         """Per-token loss and divergence `[B, T-1]` (position t predicts t+1)."""
+        _check_packed_batch(inputs)
         model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
         student_logits = self.student(model_inputs, training=training)
         student_logits = student_logits[:, :-1, : self.vocabulary_size]
@@ -170,16 +190,46 @@ class Distiller(keras.Model):
         return logs
 
     # -- fit() glue: strings in, packed token ids out -------------------------
-    def fit(self, x=None, batch_size=None, validation_data=None, **kwargs):
+    def fit(self, x=None, batch_size=None, callbacks=None, validation_data=None, **kwargs):
         """`fit` on `{"prompts", "responses"}` data: a `tf.data.Dataset`, a
         dict of lists, or a list of dicts; batched by `batch_size` (default 8)
-        when not batched already."""
+        when not batched already.
+
+        Lists and dicts become one endless stream (`steps_per_epoch` defaults
+        to one pass over them) that starts after the batches the optimizer
+        has already stepped on. With `keras.callbacks.BackupAndRestore`, a
+        killed run restarted with the same seed then ends with the same
+        weights as one never stopped: the backup holds the weights, the
+        optimizer (and its step count) and the rollout seed's state."""
+        for callback in callbacks or []:
+            if isinstance(callback, keras.callbacks.BackupAndRestore) and callback.save_freq != "epoch":
+                raise ValueError(
+                    "BackupAndRestore(save_freq=int) restarts the interrupted epoch from "
+                    "its first batch, so some batches would be trained on twice. Use "
+                    "save_freq='epoch' and set the backup period with steps_per_epoch. "
+                    f"Received: save_freq={callback.save_freq}"
+                )
+        if getattr(self.optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "The optimizer's gradient_accumulation_steps would average the "
+                "micro-batches' token means instead of all their response tokens "
+                "(TRL #6006: rollout lengths differ per micro-batch). Raise "
+                "batch_size instead."
+            )
+        callbacks = [_StopOnNonFiniteLoss(), *(callbacks or [])]
         needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
         shuffle = kwargs.pop("shuffle", True)
-        x = self.make_dataset(x, batch_size, needs_responses=needs_truth, shuffle=shuffle)
+        if isinstance(x, (list, tuple, dict)):
+            x, steps_per_pass = self._training_stream(x, batch_size, needs_truth, shuffle)
+            kwargs.setdefault("steps_per_epoch", steps_per_pass)
+            callbacks = [*(callbacks or []), _StreamStart()]  # last: after any restore
+        else:
+            x = self.make_dataset(x, batch_size, needs_responses=needs_truth)
         if validation_data is not None:
             validation_data = self.make_dataset(validation_data, batch_size)
-        return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
+        return super().fit(
+            x, validation_data=validation_data, shuffle=False, callbacks=callbacks, **kwargs
+        )
 
     def predict(self, x=None, batch_size=None, **kwargs):
         """The strategy's rollouts of prompt data, compiled like `fit`'s:
@@ -193,23 +243,14 @@ class Distiller(keras.Model):
         """Divergence to the teacher on the ground-truth responses."""
         return super().evaluate(self.make_dataset(x, batch_size), **kwargs)
 
-    def make_dataset(self, data, batch_size=None, needs_responses=True, shuffle=False):
-        """A batched, packed `tf.data.Dataset` from prompt/response data.
-
-        Lists and dicts are shuffled when `shuffle`; a `tf.data.Dataset` is
-        taken as it comes (shuffle it yourself). Data already packed (with
-        `token_ids`, `padding_mask`, `response_mask`) is only batched."""
-        if isinstance(data, (list, tuple)):
-            if not data:
-                raise ValueError("The dataset is empty: no prompt/response pairs.")
-            if not all(isinstance(row, dict) for row in data):
-                raise ValueError(
-                    'Expected a list of {"prompts": str, "responses": str} dicts.'
-                )
-            keys = [key for key in _INPUT_KEYS if key in data[0]]
-            data = {key: [row.get(key, "") for row in data] for key in keys}
-        if isinstance(data, dict):
-            return self._in_memory_dataset(data, batch_size, needs_responses, shuffle)
+    def make_dataset(self, data, batch_size=None, needs_responses=True):
+        """A batched, packed `tf.data.Dataset` from prompt/response data: a
+        `tf.data.Dataset` (taken in its order), a dict of lists or a list of
+        dicts (tokenized once). Data already packed (with `token_ids`,
+        `padding_mask`, `response_mask`) is only batched."""
+        if isinstance(data, (list, tuple, dict)):
+            packed, _ = self._packed_rows(data, needs_responses)
+            return packed.batch(batch_size or 8).prefetch(tf.data.AUTOTUNE)
         if not isinstance(data, tf.data.Dataset):
             raise ValueError(
                 "Expected a tf.data.Dataset, a dict of lists or a list of dicts "
@@ -233,27 +274,122 @@ class Distiller(keras.Model):
             )
         if spec["token_ids" if packed else "prompts"].shape.rank == int(packed):
             data = data.batch(batch_size or 8)
-        if data.cardinality() == 0:
+        if data.cardinality() == 0 or (
+            data.cardinality() == tf.data.UNKNOWN_CARDINALITY and not list(data.take(1))
+        ):  # unknown, e.g. filtered: one batch is looked at
             raise ValueError("The dataset is empty: no prompt/response pairs.")
         if not packed:
             data = data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE)
         return data.prefetch(tf.data.AUTOTUNE)
 
-    def _in_memory_dataset(self, data, batch_size, needs_responses, shuffle):
-        """Lists and dicts are tokenized once and cached, then shuffled each
-        epoch: re-tokenizing every batch competes with the training step for
-        the CPU (benchmarks/fit_speed.py)."""
+    def _packed_rows(self, data, needs_responses):
+        """Rows from a list or dict, tokenized once and cached (re-tokenizing
+        every batch competes with the training step for the CPU:
+        benchmarks/fit_speed.py), unbatched; and their number."""
+        if isinstance(data, (list, tuple)):
+            if not data:
+                raise ValueError("The dataset is empty: no prompt/response pairs.")
+            if not all(isinstance(row, dict) for row in data):
+                raise ValueError(
+                    'Expected a list of {"prompts": str, "responses": str} dicts.'
+                )
+            keys = [key for key in _INPUT_KEYS if key in data[0]]
+            for index, row in enumerate(data):
+                if [key for key in _INPUT_KEYS if key in row] != keys:
+                    raise ValueError(
+                        f"Row {index} has fields {sorted(set(_INPUT_KEYS) & set(row))}, "
+                        f"row 0 has {sorted(keys)}: every row needs the same fields."
+                    )
+            data = {key: [row[key] for row in data] for key in keys}
         data = {key: data[key] for key in _INPUT_KEYS if key in data}
         if "prompts" in data and "token_ids" not in data:
             self.packer.check_prompts(list(data["prompts"]))
+        elif "token_ids" in data:
+            self.packer.check_packed(data, needs_responses)
         size = len(next(iter(data.values()), []))
         packed = self.make_dataset(
             tf.data.Dataset.from_tensor_slices(data), 1024, needs_responses
         ).unbatch()
-        packed = packed.apply(tf.data.experimental.assert_cardinality(size)).cache()
-        if shuffle:
-            packed = packed.shuffle(size, seed=self._seed)
-        return packed.batch(batch_size or 8).prefetch(tf.data.AUTOTUNE)
+        return packed.apply(tf.data.experimental.assert_cardinality(size)).cache(), size
+
+    def _training_stream(self, data, batch_size, needs_responses, shuffle):
+        """Endless batches of in-memory rows, pass after pass, each pass in
+        an order drawn from (seed, pass number) alone; the stream skips the
+        batches of the steps already taken (the optimizer's `iterations` when
+        training begins, see `fit`). The data position is then a function of
+        the step count, which backups keep. Full batches only, so compiled
+        steps never see a new shape."""
+        packed, size = self._packed_rows(data, needs_responses)
+        rows = packed.batch(size).get_single_element()
+        seed = random.randrange(2**31) if self._seed is None else self._seed
+
+        def one_pass(number):
+            order = tf.range(size)
+            if shuffle:
+                noise = tf.random.stateless_uniform([size], seed=tf.stack([tf.cast(seed, tf.int64), number]))
+                order = tf.argsort(noise)
+            return tf.data.Dataset.from_tensor_slices(
+                tf.nest.map_structure(lambda rows: tf.gather(rows, order), rows)
+            )
+
+        batch_size = batch_size or 8
+        stream = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
+        steps_taken = lambda: tf.py_function(lambda: self._steps_taken, [], tf.int64)  # noqa: E731
+        # flat_map defers the skip to iteration time, after a backup's restore.
+        stream = tf.data.Dataset.range(1).flat_map(lambda _: stream.skip(steps_taken()))
+        return stream.prefetch(tf.data.AUTOTUNE), -(-size // batch_size)
+
+    # -- saving: the rollout seed travels with the weights --------------------
+    def save_own_variables(self, store):
+        """Weights files (`save_weights`, `ModelCheckpoint`, `BackupAndRestore`)
+        also keep the rollout seed's state, so a restored run samples the
+        same rollouts as one never stopped."""
+        super().save_own_variables(store)
+        store["rollout_seed_state"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        if "rollout_seed_state" in store.keys():
+            self.seed_generator.state.assign(store["rollout_seed_state"])
+
+
+class _StreamStart(keras.callbacks.Callback):
+    """Reads the optimizer's step count when training begins (after a
+    `BackupAndRestore` restore): `Distiller._training_stream` starts there."""
+
+    def on_train_begin(self, logs=None):
+        self.model._steps_taken = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+class _StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops `fit` at the first non-finite loss, like
+    `keras.callbacks.TerminateOnNaN`. The optimizer skipped that step
+    (`_backend.train_step`), so the weights are those before it."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps_before = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            print(
+                f"Step {self.steps_before + batch + 1}: non-finite loss, training "
+                "stopped; the weights are those before this step."
+            )
+            self.model.stop_training = True
+
+
+def _check_packed_batch(inputs):
+    """A clear error, at trace time, for batches the rollout and loss cannot read."""
+    keys = ("token_ids", "padding_mask", "response_mask")
+    if not isinstance(inputs, dict) or not set(keys) <= set(inputs):
+        received = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+        raise ValueError(
+            f"Expected a packed batch: a dict with {keys}, as `make_dataset` "
+            f"returns. Received: {received}"
+        )
+    dtype = keras.backend.standardize_dtype(inputs["token_ids"].dtype)
+    if "int" not in dtype:
+        raise ValueError(f"`token_ids` must be integers. Received dtype {dtype}.")
 
 
 def shared_vocabulary_size(teacher, student):

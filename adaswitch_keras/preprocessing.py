@@ -7,6 +7,7 @@ needs to know where each prompt ends, so this packs `{"prompts", "responses"}`
 """
 
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 
@@ -40,7 +41,14 @@ class PromptResponsePacker:
         )
 
     def check_prompts(self, prompts):
-        """Raise a ValueError naming the first prompt that leaves no room."""
+        """Raise a ValueError naming the first prompt that is not a string or
+        leaves no room."""
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, (str, bytes)):
+                raise ValueError(
+                    f"Prompt {index} is not a string: {prompt!r} "
+                    f"({type(prompt).__name__}). Prompts and responses are strings."
+                )
         lengths = [len(ids) + len(self.start) for ids in self.tokenizer(prompts)]
         longest_allowed = self.sequence_length - self.max_new_tokens
         for index, length in enumerate(lengths):
@@ -52,7 +60,54 @@ class PromptResponsePacker:
                     "max_new_tokens or raise the preprocessor's sequence_length."
                 )
 
+    def check_packed(self, data, needs_responses=True):
+        """Raise a ValueError naming the first packed row that is not
+        `[prompt] [response] [padding]` with 1 to T - max_new_tokens prompt
+        tokens and, where ground truth is trained on (`needs_responses`), a
+        response."""
+        token_ids = np.asarray(data["token_ids"])
+        padding = np.asarray(data["padding_mask"]).astype(bool)
+        response = np.asarray(data["response_mask"]).astype(bool)
+        if not token_ids.ndim == 2 or not token_ids.shape == padding.shape == response.shape:
+            raise ValueError(
+                "`token_ids`, `padding_mask` and `response_mask` must be "
+                f"[rows, length] alike. Received shapes {token_ids.shape}, "
+                f"{padding.shape}, {response.shape}."
+            )
+        length = token_ids.shape[1]
+        prompt_length = (padding & ~response).sum(axis=1)
+        end = prompt_length + response.sum(axis=1)
+        columns = np.arange(length)[None, :]
+        in_order = (padding == (columns < end[:, None])).all(axis=1) & (
+            response == (padding & (columns >= prompt_length[:, None]))
+        ).all(axis=1)
+        longest_allowed = length - self.max_new_tokens
+        for row in range(len(token_ids)):
+            if not 1 <= prompt_length[row] <= longest_allowed:
+                raise ValueError(
+                    f"Packed row {row} has {prompt_length[row]} prompt tokens "
+                    "(padding_mask and not response_mask); rows need 1 to length - "
+                    f"max_new_tokens = {length} - {self.max_new_tokens} = {longest_allowed}."
+                )
+            if not in_order[row]:
+                raise ValueError(
+                    f"Packed row {row} is not [prompt] [response] [padding]: "
+                    "padding_mask must be ones then zeros, and response_mask its "
+                    "ones after the prompt."
+                )
+            if needs_responses and end[row] == prompt_length[row]:
+                raise ValueError(
+                    f"Packed row {row} has no response token (response_mask is all "
+                    "zero); this strategy and evaluation train on the ground-truth "
+                    "response."
+                )
+
     def __call__(self, inputs):
+        for key in ("prompts", "responses"):
+            if inputs[key].dtype != tf.string:
+                raise ValueError(
+                    f'"{key}" must be strings. Received dtype {inputs[key].dtype.name}.'
+                )
         prompts = self.tokenizer(inputs["prompts"])
         responses = self.tokenizer(inputs["responses"])
         if self.start:

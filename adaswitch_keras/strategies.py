@@ -138,6 +138,8 @@ class Switch(Strategy):
             raise ValueError(
                 f"`tau0` and `decay` must be >= 0. Received: tau0={tau0}, decay={decay}"
             )
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"`beta` must be in [0, 1]. Received: beta={beta}")
         self.tau0, self.decay, self.beta = tau0, decay, beta
 
     def score(self, teacher_logits, student_logits, proposal):

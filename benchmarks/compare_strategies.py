@@ -94,7 +94,6 @@ def run(name, strategy, seed, teacher, train, tests, args):
         teacher, student, strategy=strategy, max_new_tokens=presets.MAX_NEW_TOKENS, seed=seed
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
-    dataset = distiller.make_dataset(train, args.batch_size, shuffle=True).repeat()
     clock = StepClock()
     evaluation = TaskEvaluation(
         "arithmetic", tests["train"][: args.eval_limit], every_n_steps=args.eval_every,
@@ -102,7 +101,7 @@ def run(name, strategy, seed, teacher, train, tests, args):
     )
     start = time.perf_counter()
     history = distiller.fit(
-        dataset, epochs=args.steps // args.eval_every, steps_per_epoch=args.eval_every,
+        train, batch_size=args.batch_size, epochs=args.steps // args.eval_every, steps_per_epoch=args.eval_every,
         callbacks=[clock, evaluation], verbose=0,
     ).history
     seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ def np_forward_kl(teacher_logits, student_logits):
 
 
 def test_loss_is_the_masked_mean_over_response_tokens(pair, batch):
+    """TRL #4105: the mean over response tokens, not over T*V."""
     teacher, student = pair
     distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
     loss = distiller.compute_loss(batch, y_pred=distiller(batch))
@@ -146,6 +147,7 @@ def test_predict_returns_the_compiled_rollouts(pair, packed_pairs):
 
 
 def test_mismatched_tokenizers_are_a_clear_error(pair):
+    """TRL #6252: different vocabularies are an error, never a silent slice."""
     teacher, _ = pair
     gemma = ak.models.tiny_causal_lm("gemma", sequence_length=SEQUENCE_LENGTH)
     with pytest.raises(ValueError, match="the teacher's has 265 tokens, the student's 320"):
@@ -198,7 +200,8 @@ def test_long_prompt_in_a_tf_dataset_fails_with_the_message(pair):
 
 
 def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
-    """Teacher 265 + 7 rows, student 265 + 3: logits are compared on 265."""
+    """TRL #6252: teacher 265 + 7 rows, student 265 + 3 over one tokenizer:
+    logits are compared on the tokenizer's 265."""
     teacher, _ = pair
     tokenizer = teacher.preprocessor.tokenizer
     size = tokenizer.vocabulary_size()

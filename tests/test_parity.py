@@ -14,6 +14,11 @@ from conftest import SEQUENCE_LENGTH
 
 BACKENDS = ("jax", "tensorflow", "torch")
 
+# It runs every backend in subprocesses itself: once, from the JAX run of the suite.
+pytestmark = pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="runs all three backends itself, from the JAX run"
+)
+
 STEP = """
 import json, sys
 import keras, keras_hub, numpy as np
