@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite once per Keras backend; stops at the first failing backend.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -q -k rollout`.
-# Ends with one line that adds up the three runs: "all backends: N passed, N failed".
+# Ends with one line that adds up the three runs: "total: N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reports=$(mktemp -d)
@@ -18,5 +18,5 @@ for report in pathlib.Path(sys.argv[1]).glob("*.xml"):
             totals[key] += int(suite.get(key, 0))
 failed = totals["failures"] + totals["errors"]
 passed = totals["tests"] - failed - totals["skipped"]
-print(f"all backends: {passed} passed, {failed} failed, {totals['skipped']} skipped")
+print(f"total: {passed} passed, {failed} failed, {totals['skipped']} skipped")
 PY
