@@ -7,9 +7,11 @@ SFT of the arithmetic teacher configuration (Qwen2, 4 layers, hidden 128,
 share the machine's state. Variants:
 
 - `keras_hub_strings`: `CausalLM.fit` on raw strings, KerasHub's default
-  path: its tf.data pipeline tokenizes and packs every batch, every epoch.
+  path: its tf.data pipeline tokenizes and packs every batch, every epoch
+  (timed over a tenth of the steps: it is that slow).
+- `keras_hub_preprocessing_alone`: that pipeline's batches without training.
 - `packed_tf_data`: `fit` on a tf.data pipeline that is tokenized once and
-  cached (what scripts/train_model.py does).
+  cached (what `Distiller.fit` and scripts/train_model.py do).
 - `packed_tf_data_spe8`: the same with `compile(steps_per_execution=8)`.
 - `hand_written_jit` (JAX only): `jax.jit` of stateless_call + optimizer
   stateless_apply on NumPy batches, the floor that `fit()` pays overhead on.
@@ -43,8 +45,18 @@ def packed(model, rows):
     return x, batch["token_ids"][:, 1:], tf.cast(batch["response_mask"][:, 1:], "float32")
 
 
-def seconds_per_step(fit_once, steps):
-    fit_once(3)  # compile and warm up
+class Synchronous(keras.callbacks.Callback):
+    """A per-step callback, so that Keras runs callbacks in step with
+    training. Without one, `fit(verbose=0)` hands the step logs to a thread
+    pool, and with JAX on this 2-core CPU that hung twice (no progress for
+    over 5 minutes; see docs/results/fit_speed.md)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+def seconds_per_step(fit_once, steps, warm_up=3):
+    fit_once(warm_up)  # compile and warm up
     start = time.perf_counter()
     fit_once(steps)
     return (time.perf_counter() - start) / steps
@@ -60,36 +72,49 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    rows = ak.data.load("arithmetic", "train", limit=BATCH * (args.steps + 3))
+    steps = -(-args.steps // 8) * 8  # a multiple of steps_per_execution=8
+    rows = ak.data.load("arithmetic", "train", limit=BATCH * (steps + 8))
     results = {}
 
     model = build()
     texts = tf.data.Dataset.from_tensor_slices([r["prompts"] + r["responses"] for r in rows])
     texts = texts.repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
+    string_steps = max(3, args.steps // 10)
     results["keras_hub_strings"] = seconds_per_step(
-        lambda n: model.fit(texts, epochs=1, steps_per_epoch=n, verbose=0), args.steps
+        lambda n: model.fit(texts, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]),
+        string_steps,
     )
+    preprocessed = texts.map(model.preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+    results["keras_hub_preprocessing_alone"] = seconds_per_step(
+        lambda n: [None for _ in preprocessed.take(n)], string_steps
+    )
+    print(results, flush=True)
 
     for name, spe in (("packed_tf_data", 1), ("packed_tf_data_spe8", 8)):
         model = build(spe)
         data = packed(model, rows)
         dataset = tf.data.Dataset.from_tensor_slices(data).cache().repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
         detached(model)
+        # Whole executions of `spe` steps (steps_per_epoch=0 would mean "until
+        # the data ends": never, on a repeated dataset).
         results[name] = seconds_per_step(
-            lambda n: model.fit(dataset, epochs=1, steps_per_epoch=n // spe * spe, verbose=0), args.steps
+            lambda n: model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]),
+            steps,
+            warm_up=8,
         )
+        print(name, results[name], flush=True)
 
     if keras.backend.backend() == "jax":
-        results["hand_written_jit"] = seconds_per_step(hand_written(data), args.steps)
+        results["hand_written_jit"] = seconds_per_step(hand_written(data), steps, warm_up=8)
 
-    floor = min(results.values())
+    floor = min(v for k, v in results.items() if "alone" not in k)
     lines = ["| variant | s/step | x fastest |", "|---|---|---|"] + [
         f"| {name} | {s:.3f} | {s / floor:.2f} |" for name, s in results.items()
     ]
     print("\n".join(lines))
     if args.output:
         with open(args.output, "w") as f:
-            f.write(f"# fit() speed, {keras.backend.backend()} backend, {args.steps} steps\n\n"
+            f.write(f"# fit() speed, {keras.backend.backend()} backend, {steps} steps\n\n"
                     + __doc__.split("\n\n", 2)[2] + "\n" + "\n".join(lines) + "\n")
 
 
