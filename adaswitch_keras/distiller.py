@@ -333,11 +333,17 @@ class Distiller(keras.Model):
             )
 
         batch_size = batch_size or 8
-        stream = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
-        steps_taken = lambda: tf.py_function(lambda: self._steps_taken, [], tf.int64)  # noqa: E731
-        # flat_map defers the skip to iteration time, after a backup's restore.
-        stream = tf.data.Dataset.range(1).flat_map(lambda _: stream.skip(steps_taken()))
+        batches = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
+
+        def after_the_steps_taken(_):
+            # Runs when iteration starts, after a backup's restore (`_StreamStart`).
+            return batches.skip(tf.py_function(self._read_steps_taken, [], tf.int64))
+
+        stream = tf.data.Dataset.range(1).flat_map(after_the_steps_taken)
         return stream.prefetch(tf.data.AUTOTUNE), -(-size // batch_size)
+
+    def _read_steps_taken(self):
+        return self._steps_taken
 
     # -- saving: the rollout seed travels with the weights --------------------
     def save_own_variables(self, store):
