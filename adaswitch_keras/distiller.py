@@ -116,6 +116,9 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name="teacher_token_fraction"),
             keras.metrics.Mean(name="switch_position"),
         ]
+        # Teacher and student come built, and the Distiller has no weights of
+        # its own: `load_weights` and `BackupAndRestore` may run before `fit`.
+        self.built = True
 
     # -- 1. rollout -----------------------------------------------------------
     def rollout(self, inputs):
