@@ -225,7 +225,7 @@ class Distiller(keras.Model):
         if isinstance(x, (list, tuple, dict)):
             x, steps_per_pass = self._training_stream(x, batch_size, needs_truth, shuffle)
             kwargs.setdefault("steps_per_epoch", steps_per_pass)
-            callbacks = [*(callbacks or []), _StreamStart()]  # last: after any restore
+            callbacks = [*callbacks, _StreamStart()]  # last: after any restore
         else:
             x = self.make_dataset(x, batch_size, needs_responses=needs_truth)
         if validation_data is not None:

@@ -15,21 +15,13 @@ from conftest import SEQUENCE_LENGTH
 from conftest import arithmetic_pairs
 from conftest import copy_weights
 from conftest import sharpen
+from test_distiller import np_forward_kl
 from test_divergences import reference
 
 
 def dataset(rows):
     """Rows as a `tf.data.Dataset`, which `fit` takes in order."""
     return tf.data.Dataset.from_tensor_slices({k: [row[k] for row in rows] for k in rows[0]})
-
-
-def np_forward_kl(teacher_logits, student_logits):
-    def log_softmax(z):
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    log_p, log_q = log_softmax(teacher_logits), log_softmax(student_logits)
-    return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
 # -- 1. bad input: a ValueError that says what is wrong, before any step -------
