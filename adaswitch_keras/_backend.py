@@ -25,9 +25,9 @@ def train_step(distiller, *args):
         import torch
 
         with torch.no_grad():
-            data = distiller.rollout(data)
+            data = distiller.rollout(data, distiller.reuse_teacher_logits)
     else:
-        data = distiller.rollout(data)
+        data = distiller.rollout(data, distiller.reuse_teacher_logits)
     return keras.Model.train_step(distiller, data)
 
 
@@ -48,18 +48,20 @@ def predict_step(distiller, *args):
 
 def _jax_train_step(distiller, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
-    data, non_trainable = _jax_rollout(distiller, trainable, non_trainable, data)
+    data, non_trainable = _jax_rollout(
+        distiller, trainable, non_trainable, data, distiller.reuse_teacher_logits
+    )
     state = (trainable, non_trainable, optimizer_variables, metrics_variables)
     return keras.Model.train_step(distiller, state, data)
 
 
-def _jax_rollout(distiller, trainable, non_trainable, data):
+def _jax_rollout(distiller, trainable, non_trainable, data, keep_teacher_logits=False):
     """The rollout on the variable values of a JAX state, and the new
     non-trainable values (the advanced seed)."""
     mapping = list(zip(distiller.trainable_variables, trainable))
     mapping += list(zip(distiller.non_trainable_variables, non_trainable))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        generated = distiller.rollout(_inputs(data))
+        generated = distiller.rollout(_inputs(data), keep_teacher_logits)
     non_trainable = [
         _current(scope, variable, value)
         for variable, value in zip(distiller.non_trainable_variables, non_trainable)

@@ -43,6 +43,11 @@ class Distiller(keras.Model):
         student_sampler: the student's KerasHub sampler or its name.
         teacher_sampler: the teacher's KerasHub sampler or its name.
         seed: seed of the one random stream of the rollouts.
+        draft_length: tokens the student drafts per teacher call in the
+            rollout (`rollout.rollout`); decisions do not depend on it.
+        reuse_teacher_logits: train on the teacher logits the rollout
+            computed instead of a second teacher forward. They take
+            B x T x V values of memory; `False` recomputes them.
     """
 
     def __init__(
@@ -59,6 +64,8 @@ class Distiller(keras.Model):
         student_sampler="random",
         teacher_sampler="random",
         seed=None,
+        draft_length=4,
+        reuse_teacher_logits=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,7 +109,13 @@ class Distiller(keras.Model):
                     f"fewer than the student preprocessor's sequence_length="
                     f"{sequence_length}. Lower that sequence_length to {positions}."
                 )
+        if not (isinstance(draft_length, int) and draft_length >= 1):
+            raise ValueError(
+                f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}"
+            )
         self.max_new_tokens = max_new_tokens
+        self.draft_length = draft_length
+        self.reuse_teacher_logits = reuse_teacher_logits
         self.packer = PromptResponsePacker(student.preprocessor, max_new_tokens)
         self.student_sampler = get_sampler(student_sampler)
         self.teacher_sampler = get_sampler(teacher_sampler)
@@ -121,7 +134,7 @@ class Distiller(keras.Model):
         self.built = True
 
     # -- 1. rollout -----------------------------------------------------------
-    def rollout(self, inputs):
+    def rollout(self, inputs, keep_teacher_logits=False):
         """Responses written by the strategy (see `rollout.rollout`)."""
         _check_packed_batch(inputs)
         return rollout(
@@ -136,6 +149,8 @@ class Distiller(keras.Model):
             student_sampler=self.student_sampler,
             teacher_sampler=self.teacher_sampler,
             seed=self.seed_generator,
+            draft_length=self.draft_length,
+            keep_teacher_logits=keep_teacher_logits,
         )
 
     def train_step(self, *args):
@@ -151,8 +166,11 @@ class Distiller(keras.Model):
         model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
         student_logits = self.student(model_inputs, training=training)
         student_logits = student_logits[:, :-1, : self.vocabulary_size]
-        teacher_logits = self.teacher(model_inputs, training=False)
-        teacher_logits = ops.stop_gradient(teacher_logits[:, :-1, : self.vocabulary_size])
+        if "teacher_logits" in inputs:  # kept by the rollout: column t+1 is predicted at t
+            teacher_logits = inputs["teacher_logits"][:, 1:]
+        else:
+            teacher_logits = self.teacher(model_inputs, training=False)[:, :-1, : self.vocabulary_size]
+        teacher_logits = ops.stop_gradient(teacher_logits)
         divergence = divergences.token_divergence(
             teacher_logits,
             student_logits,

@@ -31,11 +31,15 @@ class Strategy:
         ground_truth_rate: probability that a sequence keeps its ground-truth
             response instead of the rollout (GKD's 1 - lambda).
         loss: `"divergence"` (token-level KD) or `"cross_entropy"` (SFT).
+        teacher_finishes: once the teacher writes a token of a sequence, it
+            writes the rest (AdaSwitch's one-time switch), so the rollout
+            stops decoding the student for that sequence.
     """
 
     decoders = ()
     ground_truth_rate = 0.0
     loss = "divergence"
+    teacher_finishes = False
 
     def score(self, teacher_logits, student_logits, proposal):
         """Statistic that the rule reads at one position, `[B]` float32."""
@@ -174,6 +178,7 @@ class AdaSwitch(Strategy):
     """
 
     decoders = ("student", "teacher")
+    teacher_finishes = True
 
     def __init__(self, window=5, k=2.0):
         if not (isinstance(window, int) and window >= 1):

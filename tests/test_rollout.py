@@ -165,3 +165,68 @@ def test_greedy_sampler_is_argmax():
 def test_unsupported_sampler_is_a_clear_error(pair):
     with pytest.raises(ValueError, match="Unsupported sampler"):
         ak.Distiller(*pair, student_sampler="beam")
+
+
+def reference_rollout(pair, batch, strategy, seed=7):
+    """Token by token, with full (uncached) forwards of both models: the
+    decisions a chunked, cached rollout must reproduce exactly."""
+    teacher, student = pair
+    vocabulary = student.preprocessor.tokenizer.vocabulary_size()
+    end_token = student.preprocessor.tokenizer.end_token_id
+    sampler = keras_hub.samplers.RandomSampler()
+    shape = batch["token_ids"].shape
+    uniforms = keras.random.uniform((3,) + shape, seed=keras.random.SeedGenerator(seed))
+    prompt = prompt_mask(batch)
+    prompt_length = prompt.sum(axis=1)
+    tokens = np.where(prompt, batch["token_ids"], student.preprocessor.tokenizer.pad_token_id)
+    response = np.zeros(shape, bool)
+    teacher_mask = np.zeros(shape, bool)
+    scores = np.zeros(shape, "float32")
+    done = np.zeros(shape[0], bool)
+    ones = np.ones(shape, "int32")
+
+    def next_logits(model, column):
+        logits = model({"token_ids": tokens, "padding_mask": ones})
+        return ops.convert_to_numpy(logits)[:, column - 1, :vocabulary]
+
+    for column in range(max(prompt_length.min(), 1), shape[1]):
+        writing = (column >= prompt_length) & (column < prompt_length + MAX_NEW_TOKENS) & ~done
+        student_logits, teacher_logits = next_logits(student, column), next_logits(teacher, column)
+        proposal = ops.convert_to_numpy(sample(sampler, student_logits, uniforms[0][:, column]))
+        teacher_token = ops.convert_to_numpy(sample(sampler, teacher_logits, uniforms[1][:, column]))
+        score = ops.convert_to_numpy(strategy.score(teacher_logits, student_logits, proposal))
+        if strategy.teacher_finishes:  # no score is read after the switch
+            score = np.where(teacher_mask.any(axis=1), 0.0, score)
+        scores[:, column] = np.where(writing, score, 0.0)
+        response[:, column] = writing
+        rule = ops.convert_to_numpy(strategy.teacher_writes(scores, response))[:, column]
+        teacher_mask[:, column] = rule & writing
+        token = np.where(teacher_mask[:, column], teacher_token, proposal)
+        tokens[:, column] = np.where(writing, token, tokens[:, column])
+        done |= writing & (tokens[:, column] == end_token)
+    return {"token_ids": tokens, "response_mask": response, "teacher_token_mask": teacher_mask, "scores": scores}
+
+
+@pytest.mark.parametrize("draft_length", [1, 3, 8])
+@pytest.mark.parametrize("strategy", SWITCHING, ids=repr)
+def test_chunked_rollout_makes_the_token_by_token_decisions(pair, batch, strategy, draft_length):
+    out = run(pair, batch, strategy, draft_length=draft_length)
+    reference = reference_rollout(pair, batch, strategy)
+    for key in ("token_ids", "response_mask", "teacher_token_mask"):
+        np.testing.assert_array_equal(out[key], reference[key], err_msg=key)
+    np.testing.assert_allclose(out["scores"], reference["scores"], rtol=1e-4, atol=1e-4)
+    assert 0 < out["teacher_token_mask"].sum() < out["response_mask"].sum()
+
+
+@pytest.mark.parametrize("strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKD()], ids=repr)
+def test_kept_teacher_logits_are_the_teacher_forward(pair, batch, strategy):
+    teacher, student = pair
+    distiller = ak.Distiller(teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=7)
+    inputs = {k: batch[k] for k in ("token_ids", "padding_mask", "response_mask")}
+    out = {k: ops.convert_to_numpy(v) for k, v in distiller.rollout(inputs, keep_teacher_logits=True).items()}
+    full = ops.convert_to_numpy(
+        teacher({"token_ids": out["token_ids"], "padding_mask": out["padding_mask"]})
+    )[:, :-1, : out["teacher_logits"].shape[-1]]
+    response = out["response_mask"][:, 1:]
+    np.testing.assert_allclose(out["teacher_logits"][:, 1:][response], full[response], atol=2e-4)
+    assert not out["teacher_logits"][~out["response_mask"]].any()
