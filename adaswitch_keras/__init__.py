@@ -1,6 +1,7 @@
 """AdaSwitch knowledge distillation for causal LMs, in Keras 3."""
 
 from adaswitch_keras import callbacks
+from adaswitch_keras import convert  # registers the GGUF model classes for from_preset
 from adaswitch_keras import data
 from adaswitch_keras import divergences
 from adaswitch_keras import evaluation

