@@ -44,7 +44,8 @@ class Distiller(keras.Model):
         teacher_sampler: the teacher's KerasHub sampler or its name.
         seed: seed of the one random stream of the rollouts.
         draft_length: tokens the student drafts per teacher call in the
-            rollout (`rollout.rollout`); decisions do not depend on it.
+            rollout (`rollout.rollout`); the strategy's `draft_length` by
+            default. Decisions do not depend on it, only speed.
         reuse_teacher_logits: train on the teacher logits the rollout
             computed instead of a second teacher forward. They take
             B x T x V values of memory; `False` recomputes them.
@@ -64,7 +65,7 @@ class Distiller(keras.Model):
         student_sampler="random",
         teacher_sampler="random",
         seed=None,
-        draft_length=4,
+        draft_length=None,
         reuse_teacher_logits=True,
         **kwargs,
     ):
@@ -109,6 +110,8 @@ class Distiller(keras.Model):
                     f"fewer than the student preprocessor's sequence_length="
                     f"{sequence_length}. Lower that sequence_length to {positions}."
                 )
+        if draft_length is None:
+            draft_length = self.strategy.draft_length
         if not (isinstance(draft_length, int) and draft_length >= 1):
             raise ValueError(
                 f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}"

@@ -70,7 +70,7 @@ def rollout(
     student_sampler,
     teacher_sampler,
     seed,
-    draft_length=4,
+    draft_length=1,
     keep_teacher_logits=False,
 ):
     """Write the response of every sequence with `strategy`.

