@@ -104,14 +104,31 @@ def generate(model, prompts, *, batch_size=32, max_length=None, sampler="greedy"
         size = len(batch)
         batch += batch[-1:] * (batch_size - size)
         outputs = model.generate(batch, max_length=max_length)
-        responses += [_strip_prompt(o, p) for o, p in zip(outputs[:size], batch)]
+        shown = _as_generate_shows(model, batch[:size], max_length)
+        responses += [_strip_prompt(o, p, q) for o, p, q in zip(outputs[:size], batch, shown)]
         progress.add(size)
     return responses
 
 
-def _strip_prompt(output, prompt):
-    output = output.decode() if isinstance(output, bytes) else str(output)
-    return output[len(prompt) :] if output.startswith(prompt) else output
+def _as_generate_shows(model, prompts, max_length):
+    """Each prompt as `generate`'s output begins: tokenized and detokenized
+    by the preprocessor, which drops special tokens such as ChatML's turns."""
+    preprocessor = model.preprocessor
+    packed = preprocessor.generate_preprocess(prompts, sequence_length=max_length)
+    return list(preprocessor.generate_postprocess(packed))
+
+
+def _strip_prompt(output, *prompts):
+    output = _text(output)
+    for prompt in map(_text, prompts):
+        if output.startswith(prompt):
+            return output[len(prompt) :]
+    return output
+
+
+def _text(value):
+    value = value.numpy() if hasattr(value, "numpy") else value
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def evaluate(

@@ -120,3 +120,16 @@ def test_evaluation_callback_logs_every_n_steps(pair, arithmetic_rows):
     assert [h["step"] for h in callback.history] == [2, 3, 4, 6]  # 3 steps per epoch
     assert len(history.history["eval_accuracy"]) == 2
     assert history.history["eval_accuracy"][-1] == callback.history[-1]["eval_accuracy"]
+
+
+def test_responses_lose_prompts_whose_special_tokens_generate_drops(pair):
+    """ChatML prompts: KerasHub's generate output leaves the turn tokens out,
+    so the prompt's own numbers must not reach the answer extraction."""
+    _, student = pair
+    end = student.preprocessor.tokenizer.end_token
+    prompts = [f"{end}Q: 12 + 30 ={end}", "Q: 7 - 7 ="]
+    responses = evaluation.generate(student, prompts, batch_size=2, max_length=24, verbose=0)
+    outputs = [str(o) for o in student.generate(prompts, max_length=24)]  # greedy now, too
+    assert not outputs[0].startswith(prompts[0])  # the special tokens are gone
+    for response, output in zip(responses, outputs):
+        assert output.endswith(response) and "12 + 30" not in response and "7 - 7" not in response
