@@ -181,6 +181,18 @@ def rollout(
             return ops.zeros_like(state["done"])
         return ops.any(state["teacher_mask"], axis=1)
 
+    def restore(old, new, start, cut, size):
+        """`new` with the positions after `start + cut` that the chunk wrote
+        (`start - 1 ... start + size - 2`) as in `old`. KerasHub's caches
+        are `[B, layers, 2, T, heads, head_dim]`: axis 3 is the position."""
+        corner = [0, 0, 0, start - 1, 0, 0]
+        shape = tuple(old.shape[:3]) + (size,) + tuple(old.shape[4:])
+        shape = (batch,) + shape[1:]
+        written = ops.slice(new, corner, shape)
+        keep = start - 1 + ops.arange(size, dtype="int32") <= start + cut
+        keep = ops.reshape(keep, (1, 1, 1, size, 1, 1))
+        return ops.slice_update(new, corner, ops.where(keep, written, ops.slice(old, corner, shape)))
+
     def verify_chunk(state, size):
         """Phase 1 (phase 2 with `size=1`): the student drafts `size` tokens,
         the teacher scores them in one call, the rule cuts the chunk."""
@@ -235,7 +247,13 @@ def rollout(
         cut = ops.min(ops.where(ops.any(teacher_here, axis=0), offsets, size - 1))
         keep = ops.logical_and(columns >= index, offsets <= cut)
         tokens_here = ops.where(teacher_here, ops.cast(teacher_tokens, draft.dtype), draft)
-        caches = {"student": cache, "teacher": teacher_cache}
+        # Cache entries of the discarded draft go back to what they held: they
+        # are masked, but a model that gives NaN on a discarded token would
+        # leak it through the attention (0 x NaN), unlike a token-by-token loop.
+        caches = {
+            "student": restore(state["caches"]["student"], cache, start, cut, size),
+            "teacher": restore(state["caches"]["teacher"], teacher_cache, start, cut, size),
+        }
         return accept(
             state, start, keep, tokens_here, written, teacher_here, score, teacher_logits, caches, start + cut + 1
         )
