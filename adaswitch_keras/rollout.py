@@ -186,8 +186,7 @@ def rollout(
         (`start - 1 ... start + size - 2`) as in `old`. KerasHub's caches
         are `[B, layers, 2, T, heads, head_dim]`: axis 3 is the position."""
         corner = [0, 0, 0, start - 1, 0, 0]
-        shape = tuple(old.shape[:3]) + (size,) + tuple(old.shape[4:])
-        shape = (batch,) + shape[1:]
+        shape = (batch,) + tuple(old.shape[1:3]) + (size,) + tuple(old.shape[4:])
         written = ops.slice(new, corner, shape)
         keep = start - 1 + ops.arange(size, dtype="int32") <= start + cut
         keep = ops.reshape(keep, (1, 1, 1, size, 1, 1))
@@ -221,10 +220,6 @@ def rollout(
         )
         teacher_logits = teacher_logits[:, :, :vocabulary_size]
         flat = (batch * size, vocabulary_size)
-        teacher_uniform = ops.reshape(ops.slice(uniforms[1], [0, start], [batch, size]), (-1,))
-        teacher_tokens = ops.reshape(
-            sample(teacher_sampler, ops.reshape(teacher_logits, flat), teacher_uniform), (batch, size)
-        )
         score = ops.reshape(
             strategy.score(
                 ops.reshape(teacher_logits, flat),
@@ -246,7 +241,11 @@ def rollout(
         offsets = ops.arange(size, dtype="int32")
         cut = ops.min(ops.where(ops.any(teacher_here, axis=0), offsets, size - 1))
         keep = ops.logical_and(columns >= index, offsets <= cut)
-        tokens_here = ops.where(teacher_here, ops.cast(teacher_tokens, draft.dtype), draft)
+        # The teacher's token is kept at the cut column only: sample it there alone.
+        teacher_token = sample(
+            teacher_sampler, ops.take(teacher_logits, cut, axis=1), ops.take(uniforms[1], start + cut, axis=1)
+        )
+        tokens_here = ops.where(teacher_here, ops.cast(teacher_token, draft.dtype)[:, None], draft)
         # Cache entries of the discarded draft go back to what they held: they
         # are masked, but a model that gives NaN on a discarded token would
         # leak it through the attention (0 x NaN), unlike a token-by-token loop.

@@ -125,19 +125,8 @@ def main(argv=None):
     from adaswitch_keras import convert
     from adaswitch_keras.plotting import plt
 
-    class StepClock(keras.callbacks.Callback):
-        """Wall time of each training step (the loss is read, so it has finished)."""
-
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            float(logs["loss"])
-            self.seconds.append(time.perf_counter() - self.start)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from compare_strategies import StepClock
 
     os.makedirs(args.output, exist_ok=True)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
