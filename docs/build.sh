@@ -10,5 +10,9 @@ cd "$(dirname "$0")/.."
 mkdir -p docs/tutorials
 rm -f docs/tutorials/*.py
 cp tutorials/[0-9][0-9]_*.py docs/tutorials/
+# MathJax 2 from the jupyter-server-mathjax package (docs extra), so that the
+# equations render without a network (docs/javascripts/mathjax.js loads it).
+rm -rf docs/javascripts/mathjax
+cp -r "$(python -c 'import jupyter_server_mathjax, os; print(os.path.dirname(jupyter_server_mathjax.__file__))')/static" docs/javascripts/mathjax
 export NO_MKDOCS_2_WARNING=1  # Material's end-of-life banner, not a build problem
 mkdocs build --strict "$@"

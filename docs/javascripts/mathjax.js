@@ -1,27 +1,26 @@
 // Equations: pymdownx.arithmatex (generic mode) wraps them as \( \) and \[ \]
-// inside elements of class "arithmatex"; MathJax 3 typesets only those.
+// inside elements of class "arithmatex"; MathJax typesets only those.
 //
-// The tutorial pages rendered by mkdocs-jupyter bring their own MathJax (the
-// nbconvert template loads it inside the page body, before this script runs),
-// so this loader does nothing where MathJax is already present.
+// MathJax 2 is served from the site itself (docs/build.sh copies it from the
+// jupyter-server-mathjax package into javascripts/mathjax/), so equations
+// render offline. The tutorial pages load the same copy (mkdocs.yml's
+// custom_mathjax_url) before this script runs: then it does nothing.
 (function () {
   if (window.MathJax) {
     return;
   }
-  window.MathJax = {
-    tex: {
+  window.MathJax = {  // MathJax 2 reads its configuration from this object
+    tex2jax: {
       inlineMath: [["\\(", "\\)"]],
       displayMath: [["\\[", "\\]"]],
       processEscapes: true,
       processEnvironments: true,
+      ignoreClass: ".*|",
+      processClass: "arithmatex",
     },
-    options: {
-      ignoreHtmlClass: ".*|",
-      processHtmlClass: "arithmatex",
-    },
+    "HTML-CSS": { availableFonts: [], webFont: "STIX-Web" },  // the fonts the package ships
   };
   var script = document.createElement("script");
-  script.src = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js";
-  script.async = true;
+  script.src = document.currentScript.src.replace(/mathjax\.js(\?.*)?$/, "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full");
   document.head.appendChild(script);
 })();
