@@ -115,6 +115,9 @@ def worker(args):
             seconds, out = timed(rollout, batch)
             row[f"rollout_tokens_per_s {name}"] = float(ops.convert_to_numpy(out["response_mask"]).sum()) / seconds
             row[f"rollout_columns {name}"] = int(ops.convert_to_numpy(out["response_mask"]).sum(1).max())
+            if name == "OnPolicy":
+                written = {k: ops.convert_to_numpy(v) for k, v in out.items()}
+                row["onpolicy_floor"] = sum(floor.times(written, timed).values())
         for who, model in generate.items():
             inputs = generate_inputs(batch)
             seconds, out = timed(lambda x: model.generate(x, stop_token_ids=None), inputs)
@@ -371,6 +374,14 @@ def summarize(results, trl):
             for name in ("OnPolicy", "AdaSwitch(L=5, K=2)"):
                 step = median([x["steps"][name] for x in result["rounds"]])
                 lines.append(f"| {result['backend']} {name} | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |")
+            step = median([x["onpolicy_floor"] for x in result["rounds"]])
+            lines.append(f"| {result['backend']} OnPolicy floor | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |")
+        lines += [
+            "",
+            "The OnPolicy floor is the unavoidable work of an on-policy step, each part timed alone as for "
+            "AdaSwitch above: the student's cached decode of its samples, one teacher forward, the gradient step. "
+            "No rollout can bring `onpolicy_over_trl` below the fastest backend's floor ratio.",
+        ]
     closing = (
         f"adaswitch_over_floor={floor_ratio(jax_result):.2f} "
         f"adaswitch_over_onpolicy={step_ratio(jax_result, 'AdaSwitch(L=5, K=2)', 'OnPolicy'):.2f} "
