@@ -137,10 +137,9 @@ class Distiller(keras.Model):
         # The preprocessors are never called (the packer tokenizes), so build
         # them too: while any tracked layer is unbuilt, Keras's
         # `train_on_batch` traces the whole model again on every call.
-        for preprocessor in (teacher.preprocessor, student.preprocessor):
-            while unbuilt := [layer for layer in preprocessor._flatten_layers() if not layer.built]:
-                for layer in unbuilt:  # building one may create another (its packer)
-                    layer.build(None)
+        while unbuilt := [layer for layer in self._flatten_layers() if not layer.built]:
+            for layer in unbuilt:
+                layer.build(None)
         self.built = True
 
     # -- 1. rollout -----------------------------------------------------------
