@@ -134,12 +134,6 @@ class Distiller(keras.Model):
         ]
         # Teacher and student come built, and the Distiller has no weights of
         # its own: `load_weights` and `BackupAndRestore` may run before `fit`.
-        # The preprocessors are never called (the packer tokenizes), so build
-        # them too: while any tracked layer is unbuilt, Keras's
-        # `train_on_batch` traces the whole model again on every call.
-        while unbuilt := [layer for layer in self._flatten_layers() if not layer.built]:
-            for layer in unbuilt:
-                layer.build(None)
         self.built = True
 
     # -- 1. rollout -----------------------------------------------------------

@@ -114,21 +114,6 @@ def test_sft_fit_lowers_cross_entropy(pair, packed_pairs):
     assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]
 
 
-def test_train_on_batch_does_not_trace_the_model_again_each_call(pair, batch):
-    """Keras traces the whole model before every `train_on_batch` while a
-    tracked layer is unbuilt (the preprocessors are never called)."""
-    distiller = ak.Distiller(*pair, strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS)
-    distiller.compile(optimizer="sgd")
-    distiller.train_on_batch(batch)  # compiles
-    calls = []
-    call = distiller.call
-    distiller.call = lambda *args, **kwargs: calls.append(1) or call(*args, **kwargs)
-    distiller.train_on_batch(batch)
-    distiller.train_on_batch(batch)
-    eager = keras.config.backend() == "torch"  # the step itself runs `call` once
-    assert len(calls) == (2 if eager else 0)
-
-
 def test_rollout_metrics_follow_the_strategy(pair, packed_pairs):
     teacher, _ = pair
     logs = {}
