@@ -185,6 +185,8 @@ def rollout(
         """`new` with the positions after `start + cut` that the chunk wrote
         (`start - 1 ... start + size - 2`) as in `old`. KerasHub's caches
         are `[B, layers, 2, T, heads, head_dim]`: axis 3 is the position."""
+        if size == 1:  # a one-token chunk (lockstep) keeps its only token
+            return new
         corner = [0, 0, 0, start - 1, 0, 0]
         shape = (batch,) + tuple(old.shape[1:3]) + (size,) + tuple(old.shape[4:])
         written = ops.slice(new, corner, shape)

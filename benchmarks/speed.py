@@ -116,8 +116,8 @@ def worker(args):
             row[f"rollout_tokens_per_s {name}"] = float(ops.convert_to_numpy(out["response_mask"]).sum()) / seconds
             row[f"rollout_columns {name}"] = int(ops.convert_to_numpy(out["response_mask"]).sum(1).max())
             if name == "OnPolicy":
-                written = {k: ops.convert_to_numpy(v) for k, v in out.items()}
-                row["onpolicy_floor"] = sum(floor.times(written, timed).values())
+                onpolicy_written = {k: ops.convert_to_numpy(v) for k, v in out.items()}
+                row["onpolicy_floor"] = sum(floor.times(onpolicy_written, timed).values())
         for who, model in generate.items():
             inputs = generate_inputs(batch)
             seconds, out = timed(lambda x: model.generate(x, stop_token_ids=None), inputs)
