@@ -235,14 +235,16 @@ def rollout(
 
         # The rule on the trace with the whole draft written in; it is causal,
         # so its decisions up to the cut are those of a token-by-token rollout.
-        everything = ops.ones((size,), "bool")
-        trial_scores = put(state["scores"], start, ops.where(written, score, 0.0), everything)
-        trial_response = put(state["response"], start, written, everything)
+        # Near the end the chunk starts before `index`: its first columns are
+        # decided already and keep their recorded trace.
+        undecided = columns >= index
+        trial_scores = put(state["scores"], start, ops.where(written, score, 0.0), undecided)
+        trial_response = put(state["response"], start, written, undecided)
         rule = ops.slice(strategy.teacher_writes(trial_scores, trial_response), [0, start], [batch, size])
         teacher_here = ops.logical_and(rule, written)
         offsets = ops.arange(size, dtype="int32")
         cut = ops.min(ops.where(ops.any(teacher_here, axis=0), offsets, size - 1))
-        keep = ops.logical_and(columns >= index, offsets <= cut)
+        keep = ops.logical_and(undecided, offsets <= cut)
         # The teacher's token is kept at the cut column only: sample it there alone.
         teacher_token = sample(
             teacher_sampler, ops.take(teacher_logits, cut, axis=1), ops.take(uniforms[1], start + cut, axis=1)
