@@ -8,15 +8,16 @@ its `GradientTape`. Every backend leaves the weights and the optimizer
 state as they were on a step whose gradients are not all finite.
 """
 
-import types
+import contextlib
 
 import keras
 from keras import ops
 
+from adaswitch_keras.preprocessing import check_batch
+
 
 def train_step(distiller, *args):
     backend = keras.config.backend()
-    _skip_non_finite_updates(distiller.optimizer)
     if backend == "jax":
         return _jax_train_step(distiller, *args)
     (data,) = args
@@ -74,45 +75,29 @@ def _current(scope, variable, value):
     return value if new_value is None else new_value
 
 
-def _skip_non_finite_updates(optimizer):
-    """Make the optimizer skip a step whose gradients are not all finite:
-    weights, slots and `iterations` stay as they were, as in Keras'
-    `LossScaleOptimizer`. Installed once, where each backend updates: JAX's
-    `stateless_apply` returns the new values, the others assign in `apply`."""
-    if keras.config.backend() == "jax":
-        if "stateless_apply" not in vars(optimizer):
-            optimizer.stateless_apply = types.MethodType(_stateless_apply_if_finite, optimizer)
-    elif "apply" not in vars(optimizer):
-        optimizer.apply = types.MethodType(_apply_if_finite, optimizer)
-
-
-def _all_finite(grads):
-    return ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads if g is not None]))
-
-
-def _apply_if_finite(optimizer, grads, trainable_variables=None):
-    apply = type(optimizer).apply
-    ops.cond(
-        _all_finite(grads),
-        lambda: apply(optimizer, grads, trainable_variables),
-        lambda: None,
-    )
-
-
-def _stateless_apply_if_finite(optimizer, optimizer_variables, grads, trainable_variables):
-    apply = type(optimizer).stateless_apply
-    return ops.cond(
-        _all_finite(grads),
-        lambda: apply(optimizer, optimizer_variables, grads, trainable_variables),
-        lambda: (list(trainable_variables), list(optimizer_variables)),
-    )
-
-
 def _inputs(data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if y is not None or sample_weight is not None:
-        raise ValueError(
-            "The Distiller trains on inputs alone (prompts and responses); the "
-            "response mask weights the tokens. Pass no targets or sample weights."
-        )
+    check_batch(x, y, sample_weight)
     return x
+
+
+@contextlib.contextmanager
+def variables_kept_on_failure(model):
+    """On JAX, `fit`, `evaluate` and `predict` take the variables' values out
+    of the model for their compiled steps and put them back from the last
+    step that succeeded; a failure in the first step (a bad batch's error at
+    trace time) would leave both models without weights. This puts back what
+    was there. TensorFlow and PyTorch never take them out."""
+    if keras.config.backend() != "jax":
+        yield
+        return
+    variables = [*model.variables, *model.metrics_variables]
+    if getattr(model, "optimizer", None) is not None:  # predict runs uncompiled
+        variables += model.optimizer.variables
+    values = [(variable, variable._value) for variable in variables]
+    try:
+        yield
+    finally:
+        for variable, value in values:
+            if variable._value is None:
+                variable._value = value

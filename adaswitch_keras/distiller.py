@@ -11,14 +11,17 @@ from keras import ops
 
 from adaswitch_keras import _backend
 from adaswitch_keras import divergences
+from adaswitch_keras.optimizers import SkipNonFiniteUpdates
 from adaswitch_keras import strategies
 from adaswitch_keras.preprocessing import PromptResponsePacker
+from adaswitch_keras.preprocessing import check_batch
 from adaswitch_keras.rollout import get_sampler
 from adaswitch_keras.rollout import rollout
 
 
 # What `make_dataset` reads; other fields of task rows (answers, references) are dropped.
-_INPUT_KEYS = ("prompts", "responses", "token_ids", "padding_mask", "response_mask")
+_PACKED_KEYS = ("token_ids", "padding_mask", "response_mask")
+_INPUT_KEYS = ("prompts", "responses", *_PACKED_KEYS)
 
 
 class Distiller(keras.Model):
@@ -134,12 +137,40 @@ class Distiller(keras.Model):
         ]
         # Teacher and student come built, and the Distiller has no weights of
         # its own: `load_weights` and `BackupAndRestore` may run before `fit`.
+        # Their preprocessors run in tf.data, never in a step; built, they
+        # keep Keras from tracing the whole Distiller again on every
+        # `train_on_batch` call (it does while any tracked layer is unbuilt).
+        for preprocessor in (teacher.preprocessor, student.preprocessor):
+            if not preprocessor.built:
+                preprocessor.build(None)  # creates its packer
+            for layer in preprocessor._flatten_layers():
+                if not layer.built:
+                    layer.build(None)
         self.built = True
+
+    def compile(self, optimizer="adam", **kwargs):
+        """`keras.Model.compile`, with the optimizer wrapped in
+        `SkipNonFiniteUpdates` (a step whose gradients are not all finite
+        changes nothing) and built at once: the first step then creates no
+        variables, so TensorFlow traces it once and a first step that fails
+        leaves nothing half made."""
+        optimizer = keras.optimizers.get(optimizer)
+        if getattr(optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "The optimizer's gradient_accumulation_steps would average the "
+                "micro-batches' token means instead of all their response tokens "
+                "(TRL #6006: rollout lengths differ per micro-batch). Raise "
+                "batch_size instead."
+            )
+        if not isinstance(optimizer, SkipNonFiniteUpdates):
+            optimizer = SkipNonFiniteUpdates(optimizer)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
 
     # -- 1. rollout -----------------------------------------------------------
     def rollout(self, inputs, keep_teacher_logits=False):
         """Responses written by the strategy (see `rollout.rollout`)."""
-        _check_packed_batch(inputs)
+        check_batch(inputs)
         return rollout(
             inputs,
             student=self.student,
@@ -165,7 +196,7 @@ class Distiller(keras.Model):
     # -- 2. loss --------------------------------------------------------------
     def call(self, inputs, training=False):
         """Per-token loss and divergence `[B, T-1]` (position t predicts t+1)."""
-        _check_packed_batch(inputs)
+        check_batch(inputs)
         model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
         student_logits = self.student(model_inputs, training=training)
         student_logits = student_logits[:, :-1, : self.vocabulary_size]
@@ -233,13 +264,6 @@ class Distiller(keras.Model):
                     "save_freq='epoch' and set the backup period with steps_per_epoch. "
                     f"Received: save_freq={callback.save_freq}"
                 )
-        if getattr(self.optimizer, "gradient_accumulation_steps", None):
-            raise ValueError(
-                "The optimizer's gradient_accumulation_steps would average the "
-                "micro-batches' token means instead of all their response tokens "
-                "(TRL #6006: rollout lengths differ per micro-batch). Raise "
-                "batch_size instead."
-            )
         callbacks = [_StopOnNonFiniteLoss(), *(callbacks or [])]
         needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
         shuffle = kwargs.pop("shuffle", True)
@@ -251,9 +275,10 @@ class Distiller(keras.Model):
             x = self.make_dataset(x, batch_size, needs_responses=needs_truth)
         if validation_data is not None:
             validation_data = self.make_dataset(validation_data, batch_size)
-        return super().fit(
-            x, validation_data=validation_data, shuffle=False, callbacks=callbacks, **kwargs
-        )
+        with _backend.variables_kept_on_failure(self):
+            return super().fit(
+                x, validation_data=validation_data, shuffle=False, callbacks=callbacks, **kwargs
+            )
 
     def predict(self, x=None, batch_size=None, **kwargs):
         """The strategy's rollouts of prompt data, compiled like `fit`'s:
@@ -261,11 +286,31 @@ class Distiller(keras.Model):
         `response_mask`, `teacher_token_mask`, `scores`, `switch_index`, ...).
         Ground-truth responses are needed only by strategies that keep them."""
         needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
-        return super().predict(self.make_dataset(x, batch_size, needs_responses=needs_truth), **kwargs)
+        data = self.make_dataset(x, batch_size, needs_responses=needs_truth)
+        with _backend.variables_kept_on_failure(self):
+            return super().predict(data, **kwargs)
 
     def evaluate(self, x=None, batch_size=None, **kwargs):
         """Divergence to the teacher on the ground-truth responses."""
-        return super().evaluate(self.make_dataset(x, batch_size), **kwargs)
+        data = self.make_dataset(x, batch_size)
+        with _backend.variables_kept_on_failure(self):
+            return super().evaluate(data, **kwargs)
+
+    # A bad batch gets its clear error before Keras' compiled step runs.
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        check_batch(x, y, sample_weight)
+        with _backend.variables_kept_on_failure(self):
+            return super().train_on_batch(x, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        check_batch(x, y, sample_weight)
+        with _backend.variables_kept_on_failure(self):
+            return super().test_on_batch(x, **kwargs)
+
+    def predict_on_batch(self, x):
+        check_batch(x)
+        with _backend.variables_kept_on_failure(self):
+            return super().predict_on_batch(x)
 
     def make_dataset(self, data, batch_size=None, needs_responses=True):
         """A batched, packed `tf.data.Dataset` from prompt/response data: a
@@ -281,7 +326,8 @@ class Distiller(keras.Model):
                 f'with "prompts" and "responses". Received: {type(data).__name__}'
             )
         spec = data.element_spec
-        packed = isinstance(spec, dict) and "token_ids" in spec  # make_dataset output
+        packed_keys = [key for key in _PACKED_KEYS if isinstance(spec, dict) and key in spec]
+        packed = bool(packed_keys)  # make_dataset output, or a try at it
         if not packed and (not isinstance(spec, dict) or "prompts" not in spec):
             raise ValueError(
                 'Dataset elements must be dicts with a "prompts" key (and '
@@ -296,8 +342,10 @@ class Distiller(keras.Model):
             data = data.map(
                 lambda row: {**row, "responses": tf.fill(tf.shape(row["prompts"]), "")}
             )
-        if spec["token_ids" if packed else "prompts"].shape.rank == int(packed):
+        if spec[packed_keys[0] if packed else "prompts"].shape.rank == int(packed):
             data = data.batch(batch_size or 8)
+        if packed:
+            check_batch(data.element_spec)
         if data.cardinality() == 0 or (
             data.cardinality() == tf.data.UNKNOWN_CARDINALITY and not list(data.take(1))
         ):  # unknown, e.g. filtered: one batch is looked at
@@ -406,20 +454,6 @@ class _StopOnNonFiniteLoss(keras.callbacks.Callback):
                 "stopped; the weights are those before this step."
             )
             self.model.stop_training = True
-
-
-def _check_packed_batch(inputs):
-    """A clear error, at trace time, for batches the rollout and loss cannot read."""
-    keys = ("token_ids", "padding_mask", "response_mask")
-    if not isinstance(inputs, dict) or not set(keys) <= set(inputs):
-        received = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-        raise ValueError(
-            f"Expected a packed batch: a dict with {keys}, as `make_dataset` "
-            f"returns. Received: {received}"
-        )
-    dtype = keras.backend.standardize_dtype(inputs["token_ids"].dtype)
-    if "int" not in dtype:
-        raise ValueError(f"`token_ids` must be integers. Received dtype {dtype}.")
 
 
 def shared_vocabulary_size(teacher, student):

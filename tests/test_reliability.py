@@ -264,9 +264,8 @@ def test_gradient_accumulation_is_refused(pair):
     offer it and says why."""
     teacher, student = pair
     distiller = ak.Distiller(teacher, student, max_new_tokens=MAX_NEW_TOKENS)
-    distiller.compile(optimizer=keras.optimizers.SGD(1.0, gradient_accumulation_steps=2))
     with pytest.raises(ValueError, match="TRL #6006"):
-        distiller.fit(arithmetic_pairs(4), batch_size=2, verbose=0)
+        distiller.compile(optimizer=keras.optimizers.SGD(1.0, gradient_accumulation_steps=2))
 
 
 # -- 4. mixed precision ---------------------------------------------------------
