@@ -1,5 +1,21 @@
-"""The joint rollout: one decode loop over the student's and the teacher's KV
-caches, in which a strategy decides, token by token, whose token is kept."""
+"""The joint rollout: one decode over the student's and the teacher's KV
+caches, in which a strategy decides, token by token, whose token is kept.
+
+`rollout()` is a short driver over named phases, each an `ops.while_loop`
+with a `cond` and a `body`, as KerasHub's samplers are written:
+
+- *drafting*: the student drafts `draft_length` tokens with its cache, the
+  teacher scores them in one cached call (as in speculative decoding), and the
+  strategy's rule cuts the draft at the first column where the teacher writes
+  in any row;
+- *lockstep*: drafts of one token, once some row has switched for good
+  (`Strategy.teacher_finishes`, AdaSwitch) while others still need the student;
+- *teacher alone* (or *student alone*): one model writes every column.
+
+Every phase makes the decisions of a token-by-token rollout: the rule is a
+causal function of the trace of scores, and it always reads the trace
+recorded so far (tested against an uncached token-by-token reference).
+"""
 
 import keras
 import keras_hub
@@ -11,6 +27,8 @@ _SAMPLERS = (
     keras_hub.samplers.TopKSampler,
     keras_hub.samplers.TopPSampler,
 )
+# One uniform per (row, column) for each use, drawn once per rollout.
+_STREAMS = ("student", "teacher", "ground_truth")
 
 
 def get_sampler(identifier):
@@ -75,27 +93,12 @@ def rollout(
 ):
     """Write the response of every sequence with `strategy`.
 
-    All rows share one column index. A strategy that mixes the two models
-    runs in up to three phases, each the cheapest loop that makes the same
-    decisions as a token-by-token rollout:
-
-    1. draft and verify, as speculative decoding does: the student drafts
-       `draft_length` tokens with its cache, the teacher scores all of them
-       in one cached call, the strategy's rule on the trace finds the first
-       column where the teacher writes in any row; the columns before it are
-       kept, the teacher's sample is written there, and the loop goes on from
-       the next column (the caches' entries beyond it are overwritten later
-       and masked until then);
-    2. lockstep (a draft of one token), once some row has switched for good
-       (`strategy.teacher_finishes`, AdaSwitch) while others still need the
-       student;
-    3. the teacher alone, once every unfinished row has switched.
-
     Args:
         inputs: dict of `token_ids`, `padding_mask` and `response_mask`, each
             `[B, T]`: prompts followed by their ground-truth responses.
         seed: an int or `keras.random.SeedGenerator`, drawn from once.
-        draft_length: tokens the student drafts per teacher call in phase 1.
+        draft_length: tokens the student drafts per teacher call while
+            drafting. Decisions do not depend on it, only speed.
         keep_teacher_logits: also return the teacher's logits at the columns
             it scored, so that the loss needs no second teacher forward.
 
@@ -108,236 +111,332 @@ def rollout(
         and, when kept, `teacher_logits` `[B, T, V]` (column c: the teacher's
         next-token logits for token c; 0 where it did not run).
     """
-    token_ids = inputs["token_ids"]
-    padding_mask = ops.cast(inputs["padding_mask"], "bool")
-    response_mask = ops.cast(inputs["response_mask"], "bool")
-    prompt_mask = ops.logical_and(padding_mask, ops.logical_not(response_mask))
-    prompt_length = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
-    batch, length = ops.shape(token_ids)[0], token_ids.shape[1]
-    uniforms = keras.random.uniform((3,) + tuple(ops.shape(token_ids)), seed=seed)
-
-    if not strategy.decoders:  # ground truth as it is
-        generated = {
-            "token_ids": token_ids,
-            "padding_mask": padding_mask,
-            "response_mask": response_mask,
-            "teacher_token_mask": ops.zeros_like(response_mask),
-            "scores": ops.zeros(ops.shape(token_ids), "float32"),
-        }
-        return _with_switch_index(generated)
-
-    models = {"student": student, "teacher": teacher}
-    samplers = {"student": student_sampler, "teacher": teacher_sampler}
-    stream = {"student": 0, "teacher": 1}
-    last_new_column = prompt_length + max_new_tokens
-    keep_teacher_logits = (
-        keep_teacher_logits and "teacher" in strategy.decoders and not strategy.ground_truth_rate
+    truth = _ground_truth(inputs)
+    if not strategy.decoders:  # SFT, SupervisedKD: ground truth as it is
+        return with_switch_index(truth)
+    shape = tuple(ops.shape(inputs["token_ids"]))
+    drawn = keras.random.uniform((len(_STREAMS),) + shape, seed=seed)
+    uniforms = {name: drawn[i] for i, name in enumerate(_STREAMS)}
+    decoder = _JointDecoder(
+        models={"student": student, "teacher": teacher},
+        samplers={"student": student_sampler, "teacher": teacher_sampler},
+        strategy=strategy,
+        prompt_mask=ops.logical_and(truth["padding_mask"], ops.logical_not(truth["response_mask"])),
+        max_new_tokens=max_new_tokens,
+        vocabulary_size=vocabulary_size,
+        end_token_id=end_token_id,
+        uniforms=uniforms,
+        keep_teacher_logits=(
+            keep_teacher_logits and "teacher" in strategy.decoders and not strategy.ground_truth_rate
+        ),
     )
-
-    def writable(columns, done, index):
-        """bool `[B, n]`: the rows that write each of `columns` `[n]`."""
-        columns = columns[None, :]
-        inside = ops.logical_and(columns >= prompt_length[:, None], columns < last_new_column[:, None])
-        return ops.logical_and(ops.logical_and(inside, ops.logical_not(done)[:, None]), columns >= index)
-
-    def step(name, cache, previous, column):
-        """One cached decode step of `name`: logits for `column`, a sample."""
-        logits, _, cache = models[name].call_with_cache(previous[:, None], cache, column - 1)
-        logits = logits[:, 0, :vocabulary_size]
-        uniform = ops.take(uniforms[stream[name]], column, axis=1)
-        return logits, sample(samplers[name], logits, uniform), cache
-
-    def put(values, start, chunk, keep):
-        """`values` with the kept columns `[n]` of `chunk` written from `start` on."""
-        size, rest = chunk.shape[1], tuple(values.shape[2:])
-        corner = [0, start] + [0] * len(rest)
-        old = ops.slice(values, corner, (batch, size) + rest)
-        keep = ops.reshape(keep, (1, size) + (1,) * len(rest))
-        return ops.slice_update(values, corner, ops.where(keep, ops.cast(chunk, values.dtype), old))
-
-    def accept(state, start, keep, tokens, written, teacher_here, scores, logits, caches, new_index):
-        """The state with the kept columns of a chunk `[B, n]` written in."""
-        ends = ops.logical_and(ops.logical_and(keep[None, :], written), tokens == end_token_id)
-        new_state = {
-            "index": new_index,
-            "tokens": put(state["tokens"], start, tokens, keep),
-            "response": put(state["response"], start, written, keep),
-            "teacher_mask": put(state["teacher_mask"], start, teacher_here, keep),
-            "scores": put(state["scores"], start, ops.where(written, scores, 0.0), keep),
-            "done": ops.logical_or(state["done"], ops.any(ends, axis=1)),
-            "caches": caches,
+    state = decoder.initial_state(inputs["token_ids"], pad_token_id)
+    length = shape[1]
+    for cond, body in decoder.phases(min(draft_length, length - 1)):
+        state = ops.while_loop(
+            lambda state, cond=cond: ops.logical_and(state["index"] < length, cond(state)),
+            body,
+            state,
+            maximum_iterations=length,
+        )
+    generated = decoder.output(state)
+    if strategy.ground_truth_rate > 0.0:  # GKD: a row keeps its ground truth with probability 1 - lambda
+        keeps_truth = uniforms["ground_truth"][:, 0] < strategy.ground_truth_rate
+        generated = {
+            key: ops.where(keeps_truth[:, None], truth[key], value) for key, value in generated.items()
         }
-        if keep_teacher_logits:
-            logits = ops.where(written[..., None], logits, 0.0)
-            new_state["teacher_logits"] = put(state["teacher_logits"], start, logits, keep)
-        return new_state
+    return with_switch_index(generated)
 
-    def active(state):
-        return ops.logical_and(ops.logical_not(state["done"]), state["index"] < last_new_column)
 
-    def switched(state):
+class _JointDecoder:
+    """The phases of one rollout over a batch: the state they share is a dict
+    (`index`, the next column to decide, the same for every row; `tokens`,
+    `response`, `teacher_mask`, `scores`, `done`, `caches` and, when kept,
+    `teacher_logits`), so that each phase is an `ops.while_loop`."""
+
+    def __init__(self, *, models, samplers, strategy, prompt_mask, max_new_tokens,
+                 vocabulary_size, end_token_id, uniforms, keep_teacher_logits):
+        self.models, self.samplers, self.strategy = models, samplers, strategy
+        self.prompt_mask = prompt_mask
+        self.prompt_length = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
+        self.end_column = self.prompt_length + max_new_tokens  # first column past each budget
+        self.vocabulary_size, self.end_token_id = vocabulary_size, end_token_id
+        self.uniforms, self.keep_teacher_logits = uniforms, keep_teacher_logits
+
+    # -- the driver's view: initial state, phases, output -----------------
+    def initial_state(self, token_ids, pad_token_id):
+        tokens = ops.where(self.prompt_mask, token_ids, ops.cast(pad_token_id, token_ids.dtype))
+        falses = ops.zeros_like(self.prompt_mask)
+        state = {
+            "index": ops.cast(ops.maximum(ops.min(self.prompt_length), 1), "int32"),
+            "tokens": tokens,
+            "response": falses,
+            "teacher_mask": falses,
+            "scores": ops.zeros(ops.shape(tokens), "float32"),
+            "done": ops.zeros_like(self.prompt_length, dtype="bool"),
+            "caches": {
+                name: self.models[name]._build_cache(tokens)[1] for name in self.strategy.decoders
+            },
+        }
+        if self.keep_teacher_logits:
+            shape = tuple(ops.shape(tokens)) + (self.vocabulary_size,)
+            state["teacher_logits"] = ops.zeros(shape, self.models["teacher"].compute_dtype)
+        return state
+
+    def phases(self, draft_length):
+        """`(cond, body)` pairs, run in order, each until its `cond` fails."""
+        if len(self.strategy.decoders) == 1:  # OnPolicy, GKD, SeqKD
+            (name,) = self.strategy.decoders
+            return [(self.any_active, lambda state: self.decode_alone(state, name))]
+        drafting = (
+            lambda state: ops.logical_and(self.any_active(state), ops.logical_not(self.any_switched(state))),
+            lambda state: self.draft_and_verify(state, draft_length),
+        )
+        if not self.strategy.teacher_finishes:  # SKD, SWITCH: drafting to the end
+            return [drafting]
+        lockstep = (self.any_unswitched, lambda state: self.draft_and_verify(state, 1))
+        teacher_alone = (self.any_active, lambda state: self.decode_alone(state, "teacher"))
+        return [drafting, lockstep, teacher_alone]
+
+    def output(self, state):
+        generated = {
+            "token_ids": state["tokens"],
+            "padding_mask": ops.logical_or(self.prompt_mask, state["response"]),
+            "response_mask": state["response"],
+            "teacher_token_mask": state["teacher_mask"],
+            "scores": state["scores"],
+        }
+        if self.keep_teacher_logits:
+            generated["teacher_logits"] = state["teacher_logits"]
+        return generated
+
+    # -- which rows still write -------------------------------------------
+    def active(self, state):
+        return ops.logical_and(ops.logical_not(state["done"]), state["index"] < self.end_column)
+
+    def switched(self, state):
         """Rows the teacher finishes alone (AdaSwitch, after its switch)."""
-        if not strategy.teacher_finishes:
+        if not self.strategy.teacher_finishes:
             return ops.zeros_like(state["done"])
         return ops.any(state["teacher_mask"], axis=1)
 
-    def restore(old, new, start, cut, size):
-        """`new` with the positions after `start + cut` that the chunk wrote
-        (`start - 1 ... start + size - 2`) as in `old`. KerasHub's caches
-        are `[B, layers, 2, T, heads, head_dim]`: axis 3 is the position."""
-        if size == 1:  # a one-token chunk (lockstep) keeps its only token
-            return new
-        corner = [0, 0, 0, start - 1, 0, 0]
-        shape = (batch,) + tuple(old.shape[1:3]) + (size,) + tuple(old.shape[4:])
-        written = ops.slice(new, corner, shape)
-        keep = start - 1 + ops.arange(size, dtype="int32") <= start + cut
-        keep = ops.reshape(keep, (1, 1, 1, size, 1, 1))
-        return ops.slice_update(new, corner, ops.where(keep, written, ops.slice(old, corner, shape)))
+    def any_active(self, state):
+        return ops.any(self.active(state))
 
-    def verify_chunk(state, size):
-        """Phase 1 (phase 2 with `size=1`): the student drafts `size` tokens,
-        the teacher scores them in one call, the rule cuts the chunk."""
-        index = state["index"]
+    def any_switched(self, state):
+        return ops.any(ops.logical_and(self.active(state), self.switched(state)))
+
+    def any_unswitched(self, state):
+        return ops.any(ops.logical_and(self.active(state), ops.logical_not(self.switched(state))))
+
+    def writes(self, column, done, index):
+        """bool `[B]`: rows that write `column` (inside their budget, not
+        done, not decided before `index`)."""
+        inside = ops.logical_and(column >= self.prompt_length, column < self.end_column)
+        return ops.logical_and(ops.logical_and(inside, ops.logical_not(done)), column >= index)
+
+    # -- the phases' bodies ----------------------------------------------
+    def decode_step(self, name, cache, previous, column):
+        """One cached step of model `name`: its logits for `column`, its
+        sample there, its cache."""
+        logits, _, cache = self.models[name].call_with_cache(previous[:, None], cache, column - 1)
+        logits = logits[:, 0, : self.vocabulary_size]
+        uniform = ops.take(self.uniforms[name], column, axis=1)
+        return logits, sample(self.samplers[name], logits, uniform), cache
+
+    def decode_alone(self, state, name):
+        """One model writes the next column (OnPolicy, SeqKD, AdaSwitch's
+        teacher alone)."""
+        index, tokens = state["index"], state["tokens"]
+        previous = ops.take(tokens, index - 1, axis=1)
+        logits, proposal, cache = self.decode_step(name, state["caches"][name], previous, index)
+        writes = self.writes(index, state["done"], index)[:, None]
+        token = ops.where(writes[:, 0], ops.cast(proposal, tokens.dtype), ops.take(tokens, index, axis=1))
+        return write_chunk(
+            state,
+            start=index,
+            keep=ops.ones((1,), "bool"),
+            tokens=token[:, None],
+            written=writes,
+            teacher_here=writes if name == "teacher" else ops.zeros_like(writes),
+            scores=ops.zeros(ops.shape(writes), "float32"),
+            teacher_logits=logits[:, None] if self.keep_teacher_logits else None,
+            caches={**state["caches"], name: cache},
+            end_token_id=self.end_token_id,
+        )
+
+    def draft(self, state, start, size):
+        """The student writes `size` columns from `start` with its cache.
+        Returns the draft `[B, size]`, which rows wrote each column, the
+        student's logits `[B, size, V]` and proposals, and its cache."""
+        tokens, index = state["tokens"], state["index"]
+        batch = ops.shape(tokens)[0]
+
+        def body(offset, carry):
+            previous, done, draft, written, logits, proposals, cache = carry
+            column = start + offset
+            step_logits, proposal, cache = self.decode_step("student", cache, previous, column)
+            writes = self.writes(column, done, index)
+            token = ops.where(writes, ops.cast(proposal, tokens.dtype), ops.take(tokens, column, axis=1))
+            done = ops.logical_or(done, ops.logical_and(writes, token == self.end_token_id))
+            put_at = lambda values, value: _put_column(values, offset, value)  # noqa: E731
+            return (
+                token, done, put_at(draft, token), put_at(written, writes),
+                put_at(logits, step_logits), put_at(proposals, ops.cast(proposal, "int32")), cache,
+            )
+
+        carry = (
+            ops.take(tokens, start - 1, axis=1),
+            state["done"],
+            ops.zeros((batch, size), tokens.dtype),
+            ops.zeros((batch, size), "bool"),
+            ops.zeros((batch, size, self.vocabulary_size), "float32"),
+            ops.zeros((batch, size), "int32"),
+            state["caches"]["student"],
+        )
+        _, _, draft, written, logits, proposals, cache = ops.fori_loop(0, size, body, carry)
+        return draft, written, logits, proposals, cache
+
+    def draft_and_verify(self, state, size):
+        """Drafting (lockstep with `size=1`): the student drafts `size`
+        tokens, the teacher scores them in one call, the rule cuts the
+        draft where the teacher first writes in any row."""
+        index, tokens = state["index"], state["tokens"]
+        length = tokens.shape[1]
         start = ops.minimum(index, length - size)  # the chunk stays inside the sequence
         columns = start + ops.arange(size, dtype="int32")
-        tokens, done, cache = state["tokens"], state["done"], state["caches"]["student"]
-        previous = ops.take(tokens, start - 1, axis=1)
-        draft, written, student_logits, proposals = [], [], [], []
-        for offset in range(size):
-            column = start + offset
-            logits, proposal, cache = step("student", cache, previous, column)
-            writes = writable(ops.reshape(column, (1,)), done, index)[:, 0]
-            token = ops.where(writes, ops.cast(proposal, tokens.dtype), ops.take(tokens, column, axis=1))
-            done = ops.logical_or(done, ops.logical_and(writes, token == end_token_id))
-            draft.append(token), written.append(writes)
-            student_logits.append(logits), proposals.append(proposal)
-            previous = token
-        draft, written = ops.stack(draft, axis=1), ops.stack(written, axis=1)
-        student_logits, proposals = ops.stack(student_logits, axis=1), ops.stack(proposals, axis=1)
+        # Near the end the chunk starts before `index`: its first columns are
+        # decided already and keep what is recorded.
+        undecided = columns >= index
+        draft, written, student_logits, proposals, student_cache = self.draft(state, start, size)
 
         # The teacher reads the column before the chunk and all but its last token.
         teacher_inputs = ops.concatenate([ops.take(tokens, start - 1, axis=1)[:, None], draft[:, :-1]], axis=1)
-        teacher_logits, _, teacher_cache = teacher.call_with_cache(
+        teacher_logits, _, teacher_cache = self.models["teacher"].call_with_cache(
             teacher_inputs, state["caches"]["teacher"], start - 1
         )
-        teacher_logits = teacher_logits[:, :, :vocabulary_size]
-        flat = (batch * size, vocabulary_size)
-        score = ops.reshape(
-            strategy.score(
-                ops.reshape(teacher_logits, flat),
-                ops.reshape(student_logits, flat),
-                ops.reshape(proposals, (-1,)),
-            ),
-            (batch, size),
-        )
-        # Rows that had switched before the chunk record no score (the rule no longer reads one).
-        score = ops.where(switched(state)[:, None], 0.0, score)
+        teacher_logits = teacher_logits[:, :, : self.vocabulary_size]
+        score = self.score(teacher_logits, student_logits, proposals)
+        score = ops.where(self.switched(state)[:, None], 0.0, score)  # no score is read after a switch
 
-        # The rule on the trace with the whole draft written in; it is causal,
-        # so its decisions up to the cut are those of a token-by-token rollout.
-        # Near the end the chunk starts before `index`: its first columns are
-        # decided already and keep their recorded trace.
-        undecided = columns >= index
-        trial_scores = put(state["scores"], start, ops.where(written, score, 0.0), undecided)
-        trial_response = put(state["response"], start, written, undecided)
-        rule = ops.slice(strategy.teacher_writes(trial_scores, trial_response), [0, start], [batch, size])
-        teacher_here = ops.logical_and(rule, written)
+        # The rule on the trace with the draft written in: it is causal, so
+        # its decisions up to the cut are those of a token-by-token rollout.
+        scores = put(state["scores"], start, ops.where(written, score, 0.0), undecided)
+        response = put(state["response"], start, written, undecided)
+        teacher_writes = self.strategy.teacher_writes(scores, response)
+        teacher_here = ops.logical_and(ops.slice(teacher_writes, [0, start], [ops.shape(tokens)[0], size]), written)
         offsets = ops.arange(size, dtype="int32")
         cut = ops.min(ops.where(ops.any(teacher_here, axis=0), offsets, size - 1))
-        keep = ops.logical_and(undecided, offsets <= cut)
         # The teacher's token is kept at the cut column only: sample it there alone.
         teacher_token = sample(
-            teacher_sampler, ops.take(teacher_logits, cut, axis=1), ops.take(uniforms[1], start + cut, axis=1)
+            self.samplers["teacher"],
+            ops.take(teacher_logits, cut, axis=1),
+            ops.take(self.uniforms["teacher"], start + cut, axis=1),
         )
-        tokens_here = ops.where(teacher_here, ops.cast(teacher_token, draft.dtype)[:, None], draft)
+        chunk = ops.where(teacher_here, ops.cast(teacher_token, draft.dtype)[:, None], draft)
         # Cache entries of the discarded draft go back to what they held: they
         # are masked, but a model that gives NaN on a discarded token would
         # leak it through the attention (0 x NaN), unlike a token-by-token loop.
         caches = {
-            "student": restore(state["caches"]["student"], cache, start, cut, size),
-            "teacher": restore(state["caches"]["teacher"], teacher_cache, start, cut, size),
+            "student": restore_cache(state["caches"]["student"], student_cache, start=start, cut=cut, size=size),
+            "teacher": restore_cache(state["caches"]["teacher"], teacher_cache, start=start, cut=cut, size=size),
         }
-        return accept(
-            state, start, keep, tokens_here, written, teacher_here, score, teacher_logits, caches, start + cut + 1
+        return write_chunk(
+            state,
+            start=start,
+            keep=ops.logical_and(undecided, offsets <= cut),
+            tokens=chunk,
+            written=written,
+            teacher_here=teacher_here,
+            scores=score,
+            teacher_logits=teacher_logits if self.keep_teacher_logits else None,
+            caches=caches,
+            end_token_id=self.end_token_id,
+            next_index=start + cut + 1,
         )
 
-    def decode_alone(state, name):
-        """One model writes the next column (OnPolicy, SeqKD, AdaSwitch's phase 3)."""
-        index = state["index"]
-        previous = ops.take(state["tokens"], index - 1, axis=1)
-        logits, proposal, cache = step(name, state["caches"][name], previous, index)
-        writes = writable(ops.reshape(index, (1,)), state["done"], index)
-        token = ops.where(writes[:, 0], ops.cast(proposal, state["tokens"].dtype), ops.take(state["tokens"], index, axis=1))
-        caches = {**state["caches"], name: cache}
-        teacher_here = writes if name == "teacher" else ops.zeros_like(writes)
-        return accept(
-            state, index, ops.ones((1,), "bool"), token[:, None], writes, teacher_here,
-            ops.zeros((batch, 1), "float32"), logits[:, None], caches, index + 1,
+    def score(self, teacher_logits, student_logits, proposals):
+        """The strategy's score `[B, n]` at each of n columns."""
+        batch, size = ops.shape(proposals)
+        flat = (batch * size, self.vocabulary_size)
+        score = self.strategy.score(
+            ops.reshape(teacher_logits, flat), ops.reshape(student_logits, flat), ops.reshape(proposals, (-1,))
         )
+        return ops.reshape(score, (batch, size))
 
-    def running(condition):
-        return lambda state: ops.logical_and(state["index"] < length, condition(state))
 
-    tokens = ops.where(prompt_mask, token_ids, ops.cast(pad_token_id, token_ids.dtype))
-    state = {
-        "index": ops.cast(ops.maximum(ops.min(prompt_length), 1), "int32"),
-        "tokens": tokens,
-        "response": ops.zeros_like(response_mask),
-        "teacher_mask": ops.zeros_like(response_mask),
-        "scores": ops.zeros(ops.shape(tokens), "float32"),
-        "done": ops.zeros_like(prompt_length, dtype="bool"),
-        "caches": {name: models[name]._build_cache(tokens)[1] for name in strategy.decoders},
+# -- writing into the trace and the caches ------------------------------------
+
+
+def put(values, start, chunk, keep):
+    """`values` `[B, T, ...]` with the kept columns (`keep`, `[n]`) of
+    `chunk` `[B, n, ...]` written from column `start` on."""
+    size, rest = chunk.shape[1], tuple(values.shape[2:])
+    corner = [0, start] + [0] * len(rest)
+    old = ops.slice(values, corner, (ops.shape(values)[0], size) + rest)
+    keep = ops.reshape(keep, (1, size) + (1,) * len(rest))
+    return ops.slice_update(values, corner, ops.where(keep, ops.cast(chunk, values.dtype), old))
+
+
+def _put_column(values, column, value):
+    """`values` `[B, n, ...]` with `value` `[B, ...]` at `column`."""
+    corner = [0, column] + [0] * (len(values.shape) - 2)
+    return ops.slice_update(values, corner, ops.cast(value, values.dtype)[:, None])
+
+
+def write_chunk(state, *, start, keep, tokens, written, teacher_here, scores, teacher_logits,
+                caches, end_token_id, next_index=None):
+    """The state with the kept columns of a chunk `[B, n]` written in, from
+    column `start` on; decoding goes on at `next_index` (after the chunk)."""
+    ends = ops.logical_and(ops.logical_and(keep[None, :], written), tokens == end_token_id)
+    new_state = {
+        "index": start + tokens.shape[1] if next_index is None else next_index,
+        "tokens": put(state["tokens"], start, tokens, keep),
+        "response": put(state["response"], start, written, keep),
+        "teacher_mask": put(state["teacher_mask"], start, teacher_here, keep),
+        "scores": put(state["scores"], start, ops.where(written, scores, 0.0), keep),
+        "done": ops.logical_or(state["done"], ops.any(ends, axis=1)),
+        "caches": caches,
     }
-    if keep_teacher_logits:
-        state["teacher_logits"] = ops.zeros((batch, length, vocabulary_size), teacher.compute_dtype)
+    if teacher_logits is not None:
+        teacher_logits = ops.where(written[..., None], teacher_logits, 0.0)
+        new_state["teacher_logits"] = put(state["teacher_logits"], start, teacher_logits, keep)
+    return new_state
 
-    if len(strategy.decoders) == 1:
-        (name,) = strategy.decoders
-        phases = [(lambda s: ops.any(active(s)), lambda s: decode_alone(s, name))]
-    else:
-        phases = [(
-            lambda s: ops.logical_and(
-                ops.any(active(s)), ops.logical_not(ops.any(ops.logical_and(active(s), switched(s))))
-            ),
-            lambda s: verify_chunk(s, min(draft_length, length - 1)),
-        )]
-        if strategy.teacher_finishes:
-            phases += [
-                (lambda s: ops.any(ops.logical_and(active(s), ops.logical_not(switched(s)))),
-                 lambda s: verify_chunk(s, 1)),
-                (lambda s: ops.any(active(s)), lambda s: decode_alone(s, "teacher")),
-            ]
-    for condition, body in phases:
-        state = ops.while_loop(running(condition), body, state, maximum_iterations=length)
 
-    generated = {
-        "token_ids": state["tokens"],
-        "padding_mask": ops.logical_or(prompt_mask, state["response"]),
-        "response_mask": state["response"],
-        "teacher_token_mask": state["teacher_mask"],
-        "scores": state["scores"],
+def restore_cache(old, new, *, start, cut, size):
+    """`new` with the entries a chunk wrote after its cut as in `old`.
+
+    A chunk of `size` tokens from column `start` writes cache positions
+    `start - 1 ... start + size - 2`; those after `start + cut` held tokens
+    that were discarded. KerasHub's caches are `[B, layers, 2, T, heads,
+    head_dim]`: axis 3 is the position.
+    """
+    if size == 1:  # a one-token chunk keeps its only token
+        return new
+    corner = [0, 0, 0, start - 1, 0, 0]
+    shape = (ops.shape(old)[0],) + tuple(old.shape[1:3]) + (size,) + tuple(old.shape[4:])
+    keep = start - 1 + ops.arange(size, dtype="int32") <= start + cut
+    keep = ops.reshape(keep, (1, 1, 1, size, 1, 1))
+    chunk = ops.where(keep, ops.slice(new, corner, shape), ops.slice(old, corner, shape))
+    return ops.slice_update(new, corner, chunk)
+
+
+def _ground_truth(inputs):
+    response_mask = ops.cast(inputs["response_mask"], "bool")
+    return {
+        "token_ids": inputs["token_ids"],
+        "padding_mask": ops.cast(inputs["padding_mask"], "bool"),
+        "response_mask": response_mask,
+        "teacher_token_mask": ops.zeros_like(response_mask),
+        "scores": ops.zeros(ops.shape(response_mask), "float32"),
     }
-    if keep_teacher_logits:
-        generated["teacher_logits"] = state["teacher_logits"]
-    if strategy.ground_truth_rate > 0.0:  # GKD: some rows keep ground truth
-        keep_truth = uniforms[2][:, 0] < strategy.ground_truth_rate
-        truth = {
-            "token_ids": token_ids,
-            "padding_mask": padding_mask,
-            "response_mask": response_mask,
-            "teacher_token_mask": ops.zeros_like(response_mask),
-            "scores": ops.zeros_like(state["scores"]),
-        }
-        generated = {
-            key: ops.where(keep_truth[:, None], truth[key], value)
-            for key, value in generated.items()
-        }
-    return _with_switch_index(generated)
 
 
-def _with_switch_index(generated):
+def with_switch_index(generated):
+    """`generated` with `switch_index` `[B]`: the first column the teacher
+    wrote, T where it wrote none."""
     teacher_mask = generated["teacher_token_mask"]
     length = teacher_mask.shape[1]
     columns = ops.arange(length, dtype="int32")[None, :]
-    generated["switch_index"] = ops.min(ops.where(teacher_mask, columns, length), axis=1)
-    return generated
+    return {**generated, "switch_index": ops.min(ops.where(teacher_mask, columns, length), axis=1)}
