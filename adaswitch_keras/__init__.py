@@ -5,7 +5,7 @@ from adaswitch_keras import convert  # registers the GGUF model classes for from
 from adaswitch_keras import data
 from adaswitch_keras import divergences
 from adaswitch_keras import evaluation
-from adaswitch_keras import models
+from adaswitch_keras import tiny
 from adaswitch_keras import preprocessing
 from adaswitch_keras import presets
 from adaswitch_keras import strategies
@@ -19,6 +19,7 @@ from adaswitch_keras.strategies import AdaSwitch
 from adaswitch_keras.strategies import ImitKD
 from adaswitch_keras.strategies import OnPolicy
 from adaswitch_keras.strategies import SeqKD
+from adaswitch_keras.strategies import SeqKDDivergence
 from adaswitch_keras.strategies import Strategy
 from adaswitch_keras.strategies import SupervisedKD
 from adaswitch_keras.strategies import Switch

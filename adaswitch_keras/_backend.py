@@ -13,7 +13,7 @@ import contextlib
 import keras
 from keras import ops
 
-from adaswitch_keras.preprocessing import check_batch
+from adaswitch_keras.pipeline import check_batch
 
 
 def train_step(distiller, *args):

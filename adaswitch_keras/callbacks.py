@@ -1,5 +1,8 @@
 """Keras callbacks for distillation runs."""
 
+import statistics
+import time
+
 import keras
 
 from adaswitch_keras.evaluation import evaluate
@@ -51,3 +54,23 @@ class TaskEvaluation(keras.callbacks.Callback):
         if logs is not None:
             logs.update(self.latest)
 
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of each training step, in `seconds`. The loss is read at the
+    step's end, so the step has finished (compiled backends run ahead).
+    List it first: callbacks after it (evaluation) fall outside the clock."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        float((logs or {}).get("loss", 0.0))
+        self.seconds.append(time.perf_counter() - self.start)
+
+    def median(self, skip=2):
+        """The median step time without the first `skip` steps (compilation)."""
+        return statistics.median(self.seconds[skip:] or self.seconds)

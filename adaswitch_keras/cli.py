@@ -9,6 +9,7 @@ KERAS_BACKEND from `--backend` before Keras is imported.
 """
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -51,15 +52,32 @@ def load_model(preset):
 
 
 def make_strategy(args):
-    """The strategy named by `--strategy`, with its hyper-parameters."""
-    options = {
-        "gkd": {"lmbda": args.lmbda},
-        "skd": {"top_k": args.top_k},
-        "switch": {"tau0": args.tau0, "decay": args.decay},
-        "adaswitch": {"window": args.window, "k": args.k},
-    }.get(args.strategy, {})
-    strategy_class = type(strategies.get(args.strategy))
-    return strategy_class(**{k: v for k, v in options.items() if v is not None})
+    """The strategy named by `--strategy`, with its `--option`s (and
+    TRL's `--lmbda` for GKD)."""
+    arguments = {}
+    for option in args.option:
+        key, _, value = option.partition("=")
+        if not value:
+            raise UsageError(f"--option takes KEY=VALUE; received {option!r}.")
+        try:
+            arguments[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            arguments[key.strip()] = value.strip()  # a word, e.g. divergence=reverse_kl
+    if args.lmbda is not None:
+        arguments["lmbda"] = args.lmbda
+    try:
+        return strategies.get(args.strategy, **arguments)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+
+
+def strategy_help():
+    """Each registered strategy and the options it takes, for `--help`."""
+    lines = []
+    for name in strategies.registered():
+        options = ", ".join(f"{key}={value!r}" for key, value in strategies.options(name).items())
+        lines.append(f"{name}({options})")
+    return "; ".join(lines)
 
 
 def load_rows(task, split, args, limit=None, **options):
@@ -74,7 +92,7 @@ def distill(args, teacher, student, train, test, task):
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     distiller = Distiller(
-        teacher, student, strategy=make_strategy(args), divergence=args.divergence,
+        teacher, student, strategy=args.strategy, divergence=args.divergence,
         beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
@@ -164,7 +182,10 @@ def run_evaluate(args):
 
 
 def _training_arguments(parser, steps, batch_size, learning_rate, output):
-    parser.add_argument("--strategy", default="adaswitch", choices=strategies.NAMES)
+    parser.add_argument("--strategy", default="adaswitch", choices=list(strategies.registered()),
+                        help="a registered strategy: " + strategy_help().replace("%", "%%"))
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an argument of the strategy, e.g. --option window=5 --option k=2.0")
     parser.add_argument("--divergence", default="forward_kl", choices=KINDS)
     parser.add_argument("--steps", type=int, default=steps, help="training steps")
     parser.add_argument("--batch-size", type=int, default=batch_size)
@@ -172,12 +193,8 @@ def _training_arguments(parser, steps, batch_size, learning_rate, output):
     parser.add_argument("--max-new-tokens", type=int, default=None, help="rollout length (TRL's max_new_tokens)")
     parser.add_argument("--temperature", type=float, default=1.0, help="divergence temperature (TRL's temperature)")
     parser.add_argument("--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)")
-    parser.add_argument("--lmbda", type=float, default=None, help="GKD: fraction of on-policy batches (TRL's lmbda)")
-    parser.add_argument("--window", type=int, default=None, help="AdaSwitch window L")
-    parser.add_argument("--k", type=float, default=None, help="AdaSwitch multiplier K")
-    parser.add_argument("--top-k", type=int, default=None, help="SKD top-K")
-    parser.add_argument("--tau0", type=float, default=None, help="SWITCH initial threshold")
-    parser.add_argument("--decay", type=float, default=None, help="SWITCH threshold decay")
+    parser.add_argument("--lmbda", type=float, default=None,
+                        help="GKD: the fraction of student-sampled sequences (TRL's lmbda); --option lmbda=...")
     parser.add_argument("--eval-limit", type=int, default=None, help="test examples to score (default all)")
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--log-every", type=int, default=25, help="steps per logged point (a Keras epoch)")
@@ -232,6 +249,8 @@ def main(argv=None):
     if args.command == "demo":
         args.data_dir, args.chat = None, False
     try:
+        if args.command in ("demo", "distill"):
+            args.strategy = make_strategy(args)  # bad options fail before anything loads
         {"demo": run_demo, "distill": run_distill, "evaluate": run_evaluate}[args.command](args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

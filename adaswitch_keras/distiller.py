@@ -2,26 +2,21 @@
 `keras.Model` that trains with `fit()` on every backend."""
 
 import math
-import random
 
 import keras
 import keras_hub
-import tensorflow as tf
 from keras import ops
 
 from adaswitch_keras import _backend
 from adaswitch_keras import divergences
-from adaswitch_keras.optimizers import SkipNonFiniteUpdates
 from adaswitch_keras import strategies
+from adaswitch_keras.optimizers import SkipNonFiniteUpdates
+from adaswitch_keras.pipeline import Pipeline
+from adaswitch_keras.pipeline import StreamStart
+from adaswitch_keras.pipeline import check_batch
 from adaswitch_keras.preprocessing import PromptResponsePacker
-from adaswitch_keras.preprocessing import check_batch
 from adaswitch_keras.rollout import get_sampler
 from adaswitch_keras.rollout import rollout
-
-
-# What `make_dataset` reads; other fields of task rows (answers, references) are dropped.
-_PACKED_KEYS = ("token_ids", "padding_mask", "response_mask")
-_INPUT_KEYS = ("prompts", "responses", *_PACKED_KEYS)
 
 
 class Distiller(keras.Model):
@@ -73,60 +68,24 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras_hub.models.CausalLM) or model.preprocessor is None:
-                raise ValueError(
-                    f"`{role}` must be a keras_hub.models.CausalLM with a "
-                    f"preprocessor. Received: {type(model).__name__}"
-                )
-        if teacher is student:
-            raise ValueError(
-                "`teacher` and `student` are the same model: the teacher is frozen, "
-                "so nothing would train. Pass a separate student."
-            )
+        _check_models(teacher, student)
         self.vocabulary_size = shared_vocabulary_size(teacher, student)
         divergences.token_divergence(  # validates kind, beta, alpha, temperature
-            ops.zeros((1, 2)), ops.zeros((1, 2)), divergence,
-            beta=beta, alpha=alpha, temperature=temperature,
+            ops.zeros((1, 2)), ops.zeros((1, 2)), divergence, beta=beta, alpha=alpha, temperature=temperature
         )
-        self.teacher = teacher
-        self.teacher.trainable = False
-        self.student = student
         self.strategy = strategies.get(strategy)
-        self.divergence = divergence
-        self.beta, self.alpha, self.temperature = beta, alpha, temperature
-
-        sequence_length = student.preprocessor.sequence_length
-        if max_new_tokens is None:
-            max_new_tokens = sequence_length // 2
-        if not (isinstance(max_new_tokens, int) and 0 < max_new_tokens < sequence_length):
-            raise ValueError(
-                f"`max_new_tokens` must be an integer in [1, {sequence_length - 1}] "
-                f"for the student preprocessor's sequence_length={sequence_length}. "
-                f"Received: max_new_tokens={max_new_tokens}"
-            )
-        for role, model in (("teacher", teacher), ("student", student)):
-            positions = getattr(model.backbone, "max_sequence_length", None)
-            if positions is not None and positions < sequence_length:
-                raise ValueError(
-                    f"The {role} has {positions} positions (max_sequence_length), "
-                    f"fewer than the student preprocessor's sequence_length="
-                    f"{sequence_length}. Lower that sequence_length to {positions}."
-                )
-        if draft_length is None:
-            draft_length = self.strategy.draft_length
-        if not (isinstance(draft_length, int) and draft_length >= 1):
-            raise ValueError(
-                f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}"
-            )
-        self.max_new_tokens = max_new_tokens
-        self.draft_length = draft_length
+        self.divergence, self.beta, self.alpha, self.temperature = divergence, beta, alpha, temperature
+        self.max_new_tokens = _checked_max_new_tokens(max_new_tokens, teacher, student)
+        self.draft_length = self.strategy.draft_length if draft_length is None else draft_length
+        if not (isinstance(self.draft_length, int) and self.draft_length >= 1):
+            raise ValueError(f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}")
         self.reuse_teacher_logits = reuse_teacher_logits
-        self.packer = PromptResponsePacker(student.preprocessor, max_new_tokens)
+        self.teacher, self.student = teacher, student
+        self.teacher.trainable = False
         self.student_sampler = get_sampler(student_sampler)
         self.teacher_sampler = get_sampler(teacher_sampler)
-        self._seed = seed
-        self._steps_taken = 0  # where `fit`'s stream of in-memory rows starts
+        self.packer = PromptResponsePacker(student.preprocessor, self.max_new_tokens)
+        self.pipeline = Pipeline(self.packer, seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
         self.divergence_tracker = keras.metrics.Mean(name="divergence")
@@ -135,17 +94,9 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name="teacher_token_fraction"),
             keras.metrics.Mean(name="switch_position"),
         ]
+        _build_preprocessors(teacher, student)
         # Teacher and student come built, and the Distiller has no weights of
         # its own: `load_weights` and `BackupAndRestore` may run before `fit`.
-        # Their preprocessors run in tf.data, never in a step; built, they
-        # keep Keras from tracing the whole Distiller again on every
-        # `train_on_batch` call (it does while any tracked layer is unbuilt).
-        for preprocessor in (teacher.preprocessor, student.preprocessor):
-            if not preprocessor.built:
-                preprocessor.build(None)  # creates its packer
-            for layer in preprocessor._flatten_layers():
-                if not layer.built:
-                    layer.build(None)
         self.built = True
 
     def compile(self, optimizer="adam", **kwargs):
@@ -268,9 +219,9 @@ class Distiller(keras.Model):
         needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
         shuffle = kwargs.pop("shuffle", True)
         if isinstance(x, (list, tuple, dict)):
-            x, steps_per_pass = self._training_stream(x, batch_size, needs_truth, shuffle)
+            x, steps_per_pass = self.pipeline.training_stream(x, batch_size, needs_truth, shuffle)
             kwargs.setdefault("steps_per_epoch", steps_per_pass)
-            callbacks = [*callbacks, _StreamStart()]  # last: after any restore
+            callbacks = [*callbacks, StreamStart(self.pipeline)]  # last: after any restore
         else:
             x = self.make_dataset(x, batch_size, needs_responses=needs_truth)
         if validation_data is not None:
@@ -313,109 +264,8 @@ class Distiller(keras.Model):
             return super().predict_on_batch(x)
 
     def make_dataset(self, data, batch_size=None, needs_responses=True):
-        """A batched, packed `tf.data.Dataset` from prompt/response data: a
-        `tf.data.Dataset` (taken in its order), a dict of lists or a list of
-        dicts (tokenized once). Data already packed (with `token_ids`,
-        `padding_mask`, `response_mask`) is only batched."""
-        if isinstance(data, (list, tuple, dict)):
-            packed, _ = self._packed_rows(data, needs_responses)
-            return packed.batch(batch_size or 8).prefetch(tf.data.AUTOTUNE)
-        if not isinstance(data, tf.data.Dataset):
-            raise ValueError(
-                "Expected a tf.data.Dataset, a dict of lists or a list of dicts "
-                f'with "prompts" and "responses". Received: {type(data).__name__}'
-            )
-        spec = data.element_spec
-        packed_keys = [key for key in _PACKED_KEYS if isinstance(spec, dict) and key in spec]
-        packed = bool(packed_keys)  # make_dataset output, or a try at it
-        if not packed and (not isinstance(spec, dict) or "prompts" not in spec):
-            raise ValueError(
-                'Dataset elements must be dicts with a "prompts" key (and '
-                f'"responses"). Received element_spec: {spec}'
-            )
-        if not packed and "responses" not in spec:
-            if needs_responses:
-                raise ValueError(
-                    f'Dataset has no "responses": {self.strategy!r} and evaluation '
-                    "train on ground-truth responses."
-                )
-            data = data.map(
-                lambda row: {**row, "responses": tf.fill(tf.shape(row["prompts"]), "")}
-            )
-        if spec[packed_keys[0] if packed else "prompts"].shape.rank == int(packed):
-            data = data.batch(batch_size or 8)
-        if packed:
-            check_batch(data.element_spec)
-        if data.cardinality() == 0 or (
-            data.cardinality() == tf.data.UNKNOWN_CARDINALITY and not list(data.take(1))
-        ):  # unknown, e.g. filtered: one batch is looked at
-            raise ValueError("The dataset is empty: no prompt/response pairs.")
-        if not packed:
-            data = data.map(self.packer, num_parallel_calls=tf.data.AUTOTUNE)
-        return data.prefetch(tf.data.AUTOTUNE)
-
-    def _packed_rows(self, data, needs_responses):
-        """Rows from a list or dict, tokenized once and cached (re-tokenizing
-        every batch competes with the training step for the CPU:
-        benchmarks/fit_speed.py), unbatched; and their number."""
-        if isinstance(data, (list, tuple)):
-            if not data:
-                raise ValueError("The dataset is empty: no prompt/response pairs.")
-            if not all(isinstance(row, dict) for row in data):
-                raise ValueError(
-                    'Expected a list of {"prompts": str, "responses": str} dicts.'
-                )
-            keys = [key for key in _INPUT_KEYS if key in data[0]]
-            for index, row in enumerate(data):
-                if [key for key in _INPUT_KEYS if key in row] != keys:
-                    raise ValueError(
-                        f"Row {index} has fields {sorted(set(_INPUT_KEYS) & set(row))}, "
-                        f"row 0 has {sorted(keys)}: every row needs the same fields."
-                    )
-            data = {key: [row[key] for row in data] for key in keys}
-        data = {key: data[key] for key in _INPUT_KEYS if key in data}
-        if "prompts" in data and "token_ids" not in data:
-            self.packer.check_prompts(list(data["prompts"]))
-        elif "token_ids" in data:
-            self.packer.check_packed(data, needs_responses)
-        size = len(next(iter(data.values()), []))
-        packed = self.make_dataset(
-            tf.data.Dataset.from_tensor_slices(data), 1024, needs_responses
-        ).unbatch()
-        return packed.apply(tf.data.experimental.assert_cardinality(size)).cache(), size
-
-    def _training_stream(self, data, batch_size, needs_responses, shuffle):
-        """Endless batches of in-memory rows, pass after pass, each pass in
-        an order drawn from (seed, pass number) alone; the stream skips the
-        batches of the steps already taken (the optimizer's `iterations` when
-        training begins, see `fit`). The data position is then a function of
-        the step count, which backups keep. Full batches only, so compiled
-        steps never see a new shape."""
-        packed, size = self._packed_rows(data, needs_responses)
-        rows = packed.batch(size).get_single_element()
-        seed = random.randrange(2**31) if self._seed is None else self._seed
-
-        def one_pass(number):
-            order = tf.range(size)
-            if shuffle:
-                noise = tf.random.stateless_uniform([size], seed=tf.stack([tf.cast(seed, tf.int64), number]))
-                order = tf.argsort(noise)
-            return tf.data.Dataset.from_tensor_slices(
-                tf.nest.map_structure(lambda rows: tf.gather(rows, order), rows)
-            )
-
-        batch_size = batch_size or 8
-        batches = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
-
-        def after_the_steps_taken(_):
-            # Runs when iteration starts, after a backup's restore (`_StreamStart`).
-            return batches.skip(tf.py_function(self._read_steps_taken, [], tf.int64))
-
-        stream = tf.data.Dataset.range(1).flat_map(after_the_steps_taken)
-        return stream.prefetch(tf.data.AUTOTUNE), -(-size // batch_size)
-
-    def _read_steps_taken(self):
-        return self._steps_taken
+        """Packed batches of prompt/response data (`pipeline.Pipeline.dataset`)."""
+        return self.pipeline.dataset(data, batch_size, needs_responses)
 
     # -- saving: the rollout seed travels with the weights --------------------
     def save_own_variables(self, store):
@@ -428,14 +278,6 @@ class Distiller(keras.Model):
     def load_own_variables(self, store):
         if "rollout_seed_state" in store.keys():
             self.seed_generator.state.assign(store["rollout_seed_state"])
-
-
-class _StreamStart(keras.callbacks.Callback):
-    """Reads the optimizer's step count when training begins (after a
-    `BackupAndRestore` restore): `Distiller._training_stream` starts there."""
-
-    def on_train_begin(self, logs=None):
-        self.model._steps_taken = int(ops.convert_to_numpy(self.model.optimizer.iterations))
 
 
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -490,3 +332,52 @@ def _token_ids(tokenizer):
     """{token: id}; BPE `get_vocabulary()` is not in id order."""
     vocabulary = tokenizer.get_vocabulary()
     return dict(zip(vocabulary, map(tokenizer.token_to_id, vocabulary)))
+
+
+def _check_models(teacher, student):
+    for role, model in (("teacher", teacher), ("student", student)):
+        if not isinstance(model, keras_hub.models.CausalLM) or model.preprocessor is None:
+            raise ValueError(
+                f"`{role}` must be a keras_hub.models.CausalLM with a "
+                f"preprocessor. Received: {type(model).__name__}"
+            )
+    if teacher is student:
+        raise ValueError(
+            "`teacher` and `student` are the same model: the teacher is frozen, "
+            "so nothing would train. Pass a separate student."
+        )
+
+
+def _checked_max_new_tokens(max_new_tokens, teacher, student):
+    """The rollout's response length: by default the room the student
+    preprocessor's `sequence_length` leaves, at most half of it."""
+    sequence_length = student.preprocessor.sequence_length
+    if max_new_tokens is None:
+        max_new_tokens = sequence_length // 2
+    if not (isinstance(max_new_tokens, int) and 0 < max_new_tokens < sequence_length):
+        raise ValueError(
+            f"`max_new_tokens` must be an integer in [1, {sequence_length - 1}] "
+            f"for the student preprocessor's sequence_length={sequence_length}. "
+            f"Received: max_new_tokens={max_new_tokens}"
+        )
+    for role, model in (("teacher", teacher), ("student", student)):
+        positions = getattr(model.backbone, "max_sequence_length", None)
+        if positions is not None and positions < sequence_length:
+            raise ValueError(
+                f"The {role} has {positions} positions (max_sequence_length), "
+                f"fewer than the student preprocessor's sequence_length="
+                f"{sequence_length}. Lower that sequence_length to {positions}."
+            )
+    return max_new_tokens
+
+
+def _build_preprocessors(teacher, student):
+    """Build the preprocessors: they run in tf.data, never in a step, and
+    while a tracked layer is unbuilt Keras traces the whole Distiller again
+    on every `train_on_batch` call."""
+    for preprocessor in (teacher.preprocessor, student.preprocessor):
+        if not preprocessor.built:
+            preprocessor.build(None)  # creates its packer
+        for layer in preprocessor._flatten_layers():
+            if not layer.built:
+                layer.build(None)

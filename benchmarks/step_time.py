@@ -23,22 +23,15 @@ import adaswitch_keras as ak
 
 steps, batch_size = int(sys.argv[1]), int(sys.argv[2])
 keras.utils.set_random_seed(0)
-teacher = ak.models.tiny_causal_lm(num_layers=2, hidden_dim=64, sequence_length=64)
-student = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=64)
+teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=64)
+student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=64)
 data = [{"prompts": f"Q: {i} + {i % 7} =", "responses": f" {i + i % 7}"} for i in range(steps * batch_size)]
 distiller = ak.Distiller(teacher, student, strategy=ak.AdaSwitch(), max_new_tokens=32, seed=0)
 distiller.compile(optimizer=keras.optimizers.AdamW(1e-4))
 
-class Clock(keras.callbacks.Callback):
-    times = []
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-distiller.fit(data, batch_size=batch_size, epochs=1, verbose=0, callbacks=[Clock()])
-warm = Clock.times[2:]
-print(json.dumps({"median_s": statistics.median(warm), "first_s": Clock.times[0], "warm_steps": len(warm)}))
+clock = ak.callbacks.StepTimer()
+distiller.fit(data, batch_size=batch_size, epochs=1, verbose=0, callbacks=[clock])
+print(json.dumps({"median_s": clock.median(), "first_s": clock.seconds[0], "warm_steps": len(clock.seconds[2:])}))
 """
 
 

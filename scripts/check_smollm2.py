@@ -21,6 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPTS = [
     None,  # the chat prompt above, rendered with the file's chat template
@@ -110,7 +111,7 @@ def main():
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)  # REF TEXTS OUT
     args = parser.parse_args()
     if args.gguf is None:
-        from adaswitch_keras.convert.gguf import smollm2_path
+        from smollm2_file import smollm2_path
 
         args.gguf = smollm2_path()
     if args.worker:

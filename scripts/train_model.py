@@ -69,7 +69,7 @@ def main():
     args = parser.parse_args()
 
     keras.utils.set_random_seed(args.seed)
-    model = ak.models.tiny_causal_lm(**SIZES[args.size], sequence_length=args.sequence_length)
+    model = ak.tiny.causal_lm(**SIZES[args.size], sequence_length=args.sequence_length)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, args.steps, alpha=0.1, warmup_target=args.learning_rate, warmup_steps=args.steps // 20
     )

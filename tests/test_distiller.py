@@ -10,11 +10,12 @@ from conftest import MAX_NEW_TOKENS
 from conftest import SEQUENCE_LENGTH
 from conftest import arithmetic_pairs
 from conftest import copy_weights
+from conftest import every_strategy
 
 
 def fresh_student(pair):
     _, student = pair
-    clone = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
+    clone = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
     clone.set_weights(student.get_weights())
     return clone
 
@@ -64,23 +65,15 @@ def test_sft_loss_is_cross_entropy_of_the_response(pair, batch):
     np.testing.assert_allclose(loss, nll[batch["response_mask"][:, 1:]].mean(), rtol=1e-4)
 
 
-STRATEGIES = [
-    ak.SupervisedKD(),
-    ak.SeqKD(),
-    ak.OnPolicy(),
-    ak.GKD(lmbda=0.5),
-    ak.SKD(top_k=60),
-    ak.Switch(tau0=0.3, decay=0.05),
-    ak.AdaSwitch(window=2, k=1.2),
-]
-
-
 def ground_truth_divergence(distiller, packed):
     return float(ops.convert_to_numpy(distiller(packed)["divergence"])[packed["response_mask"][:, 1:]].mean())
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES, ids=repr)
-def test_fit_lowers_ground_truth_divergence_and_never_updates_the_teacher(pair, packed_pairs, strategy):
+@pytest.mark.parametrize("strategy", every_strategy(), ids=repr)
+def test_fit_trains_the_student_and_never_updates_the_teacher(pair, packed_pairs, strategy):
+    """Every registered strategy: a divergence loss lowers the student's
+    divergence to the teacher on the ground truth; a cross-entropy loss
+    (SFT, SeqKD) falls."""
     teacher, _ = pair
     student = fresh_student(pair)
     distiller = ak.Distiller(teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=0)
@@ -88,8 +81,11 @@ def test_fit_lowers_ground_truth_divergence_and_never_updates_the_teacher(pair, 
     teacher_before, student_before = copy_weights(teacher), copy_weights(student)
     before = ground_truth_divergence(distiller, packed_pairs)
     history = distiller.fit(packed_pairs, batch_size=8, epochs=3, verbose=0)
-    after = ground_truth_divergence(distiller, packed_pairs)
-    assert after < 0.9 * before, (before, after)
+    if strategy.loss == "divergence":
+        after = ground_truth_divergence(distiller, packed_pairs)
+        assert after < 0.9 * before, (before, after)
+    else:
+        assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]
     for old, new in zip(teacher_before, copy_weights(teacher)):
         np.testing.assert_array_equal(old, new)
     assert any(not np.array_equal(a, b) for a, b in zip(student_before, copy_weights(student)))
@@ -149,16 +145,16 @@ def test_predict_returns_the_compiled_rollouts(pair, packed_pairs):
 def test_mismatched_tokenizers_are_a_clear_error(pair):
     """TRL #6252: different vocabularies are an error, never a silent slice."""
     teacher, _ = pair
-    gemma = ak.models.tiny_causal_lm("gemma", sequence_length=SEQUENCE_LENGTH)
+    gemma = ak.tiny.causal_lm("gemma", sequence_length=SEQUENCE_LENGTH)
     with pytest.raises(ValueError, match="the teacher's has 265 tokens, the student's 320"):
         ak.Distiller(teacher, gemma)
     vocabulary = teacher.preprocessor.tokenizer.get_vocabulary()
     swapped = dict(zip(vocabulary, range(len(vocabulary))))
     swapped["a"], swapped["b"] = swapped["b"], swapped["a"]
     tokenizer = type(teacher.preprocessor.tokenizer)(
-        vocabulary=swapped, merges=ak.models._MERGES
+        vocabulary=swapped, merges=ak.tiny._MERGES
     )
-    other = ak.models.tiny_causal_lm(tokenizer=tokenizer, sequence_length=SEQUENCE_LENGTH)
+    other = ak.tiny.causal_lm(tokenizer=tokenizer, sequence_length=SEQUENCE_LENGTH)
     with pytest.raises(ValueError, match="different vocabularies"):
         ak.Distiller(teacher, other)
 
@@ -206,8 +202,8 @@ def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
     tokenizer = teacher.preprocessor.tokenizer
     size = tokenizer.vocabulary_size()
     keras.utils.set_random_seed(2)
-    big = ak.models.tiny_causal_lm(tokenizer=tokenizer, vocabulary_size=size + 7, sequence_length=SEQUENCE_LENGTH)
-    small = ak.models.tiny_causal_lm(tokenizer=tokenizer, vocabulary_size=size + 3, num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    big = ak.tiny.causal_lm(tokenizer=tokenizer, vocabulary_size=size + 7, sequence_length=SEQUENCE_LENGTH)
+    small = ak.tiny.causal_lm(tokenizer=tokenizer, vocabulary_size=size + 3, num_layers=1, sequence_length=SEQUENCE_LENGTH)
     distiller = ak.Distiller(big, small, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0)
     assert distiller.vocabulary_size == size
     packed = next(iter(distiller.make_dataset(arithmetic_pairs(8), batch_size=8)))
@@ -223,7 +219,7 @@ def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
     assert ops.convert_to_numpy(out["token_ids"]).max() < size
 
 
-@pytest.mark.parametrize("strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKD()], ids=repr)
+@pytest.mark.parametrize("strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKDDivergence()], ids=repr)
 def test_a_step_on_the_rollout_teacher_logits_equals_one_with_a_teacher_forward(pair, batch, strategy):
     teacher, _ = pair
     steps = {}

@@ -5,6 +5,7 @@ import os
 from fractions import Fraction
 
 import keras
+import keras_hub
 import pytest
 
 import adaswitch_keras as ak
@@ -103,11 +104,19 @@ def test_evaluate_generates_in_fixed_batches(pair, arithmetic_rows, tmp_path):
     # The padded last batch changes nothing: greedy, one batch of 8 gives the same.
     again = ak.evaluate(student, "arithmetic", examples=arithmetic_rows, batch_size=8, verbose=0)
     assert again["predictions"] == result["predictions"]
-    alone = student.generate(arithmetic_rows[5]["prompts"])
-    assert alone == arithmetic_rows[5]["prompts"] + result["predictions"][5]
+    alone = ak.evaluation.generate(student, [arithmetic_rows[5]["prompts"]], batch_size=1, verbose=0)
+    assert alone == result["predictions"][5:]
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["prediction"] for line in lines] == result["predictions"]
     assert lines[0]["answer"] == arithmetic_rows[0]["answer"]
+
+
+def test_evaluate_leaves_the_callers_sampler_as_it_was(pair, arithmetic_rows):
+    _, student = pair
+    student.compile(sampler=keras_hub.samplers.TopKSampler(k=3))
+    sampler = student.sampler
+    ak.evaluate(student, "arithmetic", examples=arithmetic_rows[:2], batch_size=2, verbose=0)
+    assert student.sampler is sampler
 
 
 def test_evaluation_callback_logs_every_n_steps(pair, arithmetic_rows):
@@ -129,7 +138,8 @@ def test_responses_lose_prompts_whose_special_tokens_generate_drops(pair):
     end = student.preprocessor.tokenizer.end_token
     prompts = [f"{end}Q: 12 + 30 ={end}", "Q: 7 - 7 ="]
     responses = evaluation.generate(student, prompts, batch_size=2, max_length=24, verbose=0)
-    outputs = [str(o) for o in student.generate(prompts, max_length=24)]  # greedy now, too
+    student.compile(sampler="greedy")  # as evaluation.generate samples
+    outputs = [str(o) for o in student.generate(prompts, max_length=24)]
     assert not outputs[0].startswith(prompts[0])  # the special tokens are gone
     for response, output in zip(responses, outputs):
         assert output.endswith(response) and "12 + 30" not in response and "7 - 7" not in response

@@ -32,8 +32,8 @@ print(json.dumps({"token_ids": np.asarray(token_ids).tolist(), "logits": logits.
 
 def tiny_distiller(seed):
     keras.utils.set_random_seed(seed)
-    teacher = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=32)
-    student = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=16, sequence_length=32)
+    teacher = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=32)
+    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=16, sequence_length=32)
     return ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=8, seed=seed)
 
 

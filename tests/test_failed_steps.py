@@ -21,8 +21,8 @@ from conftest import copy_weights
 
 def make_pair(seed=0):
     keras.utils.set_random_seed(seed)
-    teacher = ak.models.tiny_causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH)
-    student = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
+    teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH)
+    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
     return teacher, student
 
 

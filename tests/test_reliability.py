@@ -135,7 +135,7 @@ def test_distiller_arguments_out_of_range_are_clear_errors(pair):
             ak.Distiller(teacher, student, **kwargs)
     with pytest.raises(ValueError, match="same model"):
         ak.Distiller(student, student)
-    gpt2 = ak.models.tiny_causal_lm("gpt2", num_layers=1, sequence_length=SEQUENCE_LENGTH // 2)
+    gpt2 = ak.tiny.causal_lm("gpt2", num_layers=1, sequence_length=SEQUENCE_LENGTH // 2)
     with pytest.raises(ValueError, match="The teacher has 16 positions .* sequence_length=32"):
         ak.Distiller(gpt2, student)
 
@@ -169,8 +169,8 @@ def test_non_finite_loss_stops_training_with_the_weights_before_that_step(capsys
     that step and `fit` stops there, so the student and the optimizer state
     (Adam's moments, the step count) are exactly those before it."""
     keras.utils.set_random_seed(3)
-    teacher = ak.models.tiny_causal_lm("llama3", num_layers=1, sequence_length=SEQUENCE_LENGTH)
-    student = ak.models.tiny_causal_lm("llama3", num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    teacher = ak.tiny.causal_lm("llama3", num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    student = ak.tiny.causal_lm("llama3", num_layers=1, sequence_length=SEQUENCE_LENGTH)
     poison = teacher.preprocessor.tokenizer.token_to_id("@")
     embeddings = teacher.backbone.token_embedding.embeddings
     values = ops.convert_to_numpy(embeddings).copy()
@@ -235,11 +235,11 @@ def test_generated_prompt_tokens_are_never_in_the_loss(pair, batch):
 def test_end_token_stays_in_the_loss_when_pad_is_end():
     """TRL #6357: with pad id == end id, masking by token id would drop the
     end token from the loss; masks come from lengths here, so it stays."""
-    tokenizer = ak.models.tiny_tokenizer("qwen2")
+    tokenizer = ak.tiny.tokenizer("qwen2")
     end = tokenizer.end_token_id
     tokenizer.pad_token_id = end
-    teacher = ak.models.tiny_causal_lm(tokenizer=tokenizer, num_layers=2, sequence_length=SEQUENCE_LENGTH)
-    student = ak.models.tiny_causal_lm(tokenizer=tokenizer, num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    teacher = ak.tiny.causal_lm(tokenizer=tokenizer, num_layers=2, sequence_length=SEQUENCE_LENGTH)
+    student = ak.tiny.causal_lm(tokenizer=tokenizer, num_layers=1, sequence_length=SEQUENCE_LENGTH)
     distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
     assert distiller.packer.pad_token_id == distiller.packer.end_token_id == end
     packed = next(iter(distiller.make_dataset(arithmetic_pairs(4), batch_size=4)))
@@ -282,8 +282,8 @@ def mixed_bfloat16():
 
 def test_adaswitch_trains_under_mixed_bfloat16_with_float32_divergences(mixed_bfloat16):
     keras.utils.set_random_seed(0)
-    teacher = sharpen(ak.models.tiny_causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH), 60.0)
-    student = sharpen(ak.models.tiny_causal_lm(num_layers=1, sequence_length=SEQUENCE_LENGTH), 20.0)
+    teacher = sharpen(ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH), 60.0)
+    student = sharpen(ak.tiny.causal_lm(num_layers=1, sequence_length=SEQUENCE_LENGTH), 20.0)
     assert student.backbone.compute_dtype == "bfloat16"
     distiller = ak.Distiller(teacher, student, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0)
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3))

@@ -22,8 +22,8 @@ import adaswitch_keras as ak
 
 folder, kill_after, init_seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 keras.utils.set_random_seed(init_seed)  # a resumed run starts elsewhere: only the restore brings it back
-teacher = ak.models.tiny_causal_lm(num_layers=2, hidden_dim=64, sequence_length=32)
-student = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, sequence_length=32)
+teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=32)
+student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=32)
 rows = [{"prompts": f"Q: {i} + {i % 5} =", "responses": f" {i + i % 5}"} for i in range(12)]
 distiller = ak.Distiller(teacher, student, max_new_tokens=8, seed=7)
 distiller.compile(optimizer=keras.optimizers.AdamW(1e-2))
@@ -101,10 +101,10 @@ def test_weights_files_keep_the_rollout_seed(pair, packed_pairs, tmp_path):
 def test_the_stream_starts_after_the_steps_already_taken(pair):
     teacher, student = pair
     distiller = ak.Distiller(teacher, student, max_new_tokens=MAX_NEW_TOKENS, seed=5)
-    stream, steps_per_pass = distiller._training_stream(arithmetic_pairs(12), 4, True, True)
+    stream, steps_per_pass = distiller.pipeline.training_stream(arithmetic_pairs(12), 4)
     assert steps_per_pass == 3
     from_start = [batch["token_ids"].numpy() for batch in stream.take(5)]
-    distiller._steps_taken = 2
+    distiller.pipeline.steps_taken = 2
     from_step_2 = [batch["token_ids"].numpy() for batch in stream.take(3)]
     for a, b in zip(from_start[2:], from_step_2):
         np.testing.assert_array_equal(a, b)

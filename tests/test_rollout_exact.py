@@ -12,7 +12,6 @@ end token is sampled often (rows end early, at different columns) and SKD's
 top-K covers a real share of the vocabulary.
 """
 
-import inspect
 import os
 
 import keras
@@ -29,6 +28,7 @@ from keras import ops
 import adaswitch_keras as ak
 from adaswitch_keras.rollout import rollout
 from adaswitch_keras.rollout import sample
+from conftest import make_strategy
 from conftest import sharpen
 
 VOCABULARY = 16
@@ -60,7 +60,7 @@ SAMPLERS = {
 @st.composite
 def cases(draw, name):
     """A batch, rollout settings and the strategy `name` with drawn arguments."""
-    strategy = with_arguments(name, {key: draw(values) for key, values in PARAMETERS.items()})
+    strategy = make_strategy(name, {key: draw(values) for key, values in PARAMETERS.items()})
     length, rows = LENGTH, ROWS  # one shape: eager backends compile each op once
     max_new_tokens = draw(st.integers(1, length - 1))
     longest = length - max_new_tokens
@@ -177,8 +177,8 @@ def models():
     """A tiny teacher and student over `VOCABULARY` tokens, sharpened so that
     their next-token distributions differ and depend on the context."""
     keras.utils.set_random_seed(1)
-    teacher = ak.models.tiny_causal_lm(num_layers=2, hidden_dim=64, vocabulary_size=VOCABULARY)
-    student = ak.models.tiny_causal_lm(num_layers=1, hidden_dim=32, vocabulary_size=VOCABULARY)
+    teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, vocabulary_size=VOCABULARY)
+    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, vocabulary_size=VOCABULARY)
     return sharpen(teacher, 6.0), sharpen(student, 6.0)
 
 
@@ -221,7 +221,7 @@ def edge_case(name, max_new_tokens, draft_length, end_token_id, prompt_lengths=S
     columns = np.arange(length)[None, :]
     response_mask = columns >= np.array(prompt_lengths)[:, None]
     return {
-        "strategy": with_arguments(name, arguments),
+        "strategy": make_strategy(name, arguments),
         "inputs": {
             "token_ids": rng.integers(0, VOCABULARY, response_mask.shape).astype("int32"),
             "padding_mask": np.ones(response_mask.shape, bool),
@@ -235,20 +235,13 @@ def edge_case(name, max_new_tokens, draft_length, end_token_id, prompt_lengths=S
     }
 
 
-def with_arguments(name, arguments):
-    """The registered strategy `name` with those of `arguments` it takes."""
-    strategy_class = type(ak.strategies.get(name))
-    names = inspect.signature(strategy_class).parameters
-    return strategy_class(**{key: value for key, value in arguments.items() if key in names})
-
-
-@pytest.mark.parametrize("name", ak.strategies.NAMES)
+@pytest.mark.parametrize("name", list(ak.strategies.registered()))
 def test_edges_equal_the_token_by_token_rollout(models, name):
     for edge in EDGES:
         check(models, edge_case(name, **edge))
 
 
-@pytest.mark.parametrize("name", ak.strategies.NAMES)
+@pytest.mark.parametrize("name", list(ak.strategies.registered()))
 def test_decisions_equal_the_token_by_token_rollout(models, name):
     @settings(
         max_examples=EXAMPLES,

@@ -5,6 +5,7 @@ import pytest
 from keras import ops
 
 import adaswitch_keras as ak
+from conftest import every_strategy
 from adaswitch_keras import strategies
 
 
@@ -136,7 +137,35 @@ def test_out_of_range_parameters_are_clear_errors(make, match):
         make()
 
 
-def test_get_by_name():
+def test_get_by_name_with_arguments():
     assert isinstance(strategies.get("adaswitch"), ak.AdaSwitch)
     assert isinstance(strategies.get("SKD"), ak.SKD)
     assert strategies.get("imitkd").lmbda == 0.5
+    assert strategies.get("adaswitch", window=3, k=4.0).get_config() == {"window": 3, "k": 4.0}
+    with pytest.raises(ValueError, match=r"AdaSwitch takes \['divergence', 'k', 'window'\]; received \['top_k'\]"):
+        strategies.get("adaswitch", top_k=3)
+
+
+@pytest.mark.parametrize("strategy", every_strategy(), ids=repr)
+def test_every_registered_strategy_round_trips_its_config(strategy):
+    again = type(strategy).from_config(strategy.get_config())
+    assert repr(again) == repr(strategy)
+    assert strategies.get(strategy.name, **strategy.get_config()).get_config() == strategy.get_config()
+
+
+def test_the_custom_strategy_of_the_docstring_registers_and_rolls_out(pair, batch):
+    code = ak.Strategy.__doc__.split("```python")[1].split("```")[0]
+    code = "\n".join(line[4:] for line in code.splitlines())  # the docstring's indent
+    teacher, student = pair
+    namespace = {"ak": ak, "ops": ops, "teacher": teacher, "student": student}
+    try:
+        exec(code, namespace)
+        distiller = namespace["distiller"]
+        assert isinstance(distiller.strategy, namespace["Unsure"])
+        out = distiller.rollout({k: batch[k] for k in ("token_ids", "padding_mask", "response_mask")})
+        out = {k: ops.convert_to_numpy(v) for k, v in out.items()}
+        rule = ops.convert_to_numpy(distiller.strategy.teacher_writes(out["scores"], out["response_mask"]))
+        np.testing.assert_array_equal(out["teacher_token_mask"], rule)
+        assert 0 < rule.sum() < out["response_mask"].sum()
+    finally:
+        strategies._REGISTRY.pop("unsure", None)

@@ -55,24 +55,6 @@ train = ak.data.load("arithmetic", "train", limit=256 if SMOKE else None, **ak.p
 test = ak.data.load("arithmetic", "test", limit=TEST_SIZE, **ak.presets.TASK)
 
 
-class StepClock(keras.callbacks.Callback):
-    """Wall time per training step; the first two (compilation) are dropped."""
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])  # wait for the step to finish
-        self.seconds.append(time.perf_counter() - self.start)
-
-    def median(self):
-        warm = sorted(self.seconds[2:] or self.seconds)
-        return warm[len(warm) // 2]
-
-
 # %% [markdown]
 # ## One loop, one line that changes: `strategy=`
 
@@ -84,7 +66,7 @@ for strategy in STRATEGIES:
     distiller = ak.Distiller(teacher, student, strategy=strategy,
                              max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=0)
     distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    clock = StepClock()
+    clock = ak.callbacks.StepTimer()
     logs = distiller.fit(train, batch_size=32, epochs=1, steps_per_epoch=STEPS,
                          callbacks=[clock], verbose=0).history
     accuracy = ak.evaluate(student, "arithmetic", examples=test, batch_size=64, verbose=0)["accuracy"]

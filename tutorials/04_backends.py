@@ -55,18 +55,12 @@ train = ak.data.load("arithmetic", "train", limit=32 * steps, **ak.presets.TASK)
 def student():
     return keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-student"))
 
-class Clock(keras.callbacks.Callback):
-    seconds = []
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])
-        self.seconds.append(time.perf_counter() - self.start)
+clock = ak.callbacks.StepTimer()
 
 keras.utils.set_random_seed(0)
 distiller = ak.Distiller(teacher, student(), strategy=ak.AdaSwitch(), max_new_tokens=48, seed=0)
 distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
-history = distiller.fit(train, batch_size=32, epochs=1, callbacks=[Clock()], verbose=0).history
+history = distiller.fit(train, batch_size=32, epochs=1, callbacks=[clock], verbose=0).history
 distiller.predict(train[:32], batch_size=32, verbose=0)  # compile the rollout
 start = time.perf_counter()
 rollout = distiller.predict(train[:32], batch_size=32, verbose=0)
@@ -78,8 +72,8 @@ batch = dict(np.load(folder + "/batch.npz"))
 loss = parity.train_on_batch(batch, return_dict=True)["loss"]
 after = parity.compute_loss(batch, y_pred=parity(batch))
 print(json.dumps({
-    "step_seconds": float(np.median(Clock.seconds[2:] or Clock.seconds)),
-    "first_step_seconds": Clock.seconds[0],
+    "step_seconds": clock.median(),
+    "first_step_seconds": clock.seconds[0],
     "rollout_tokens_per_second": float(rollout["response_mask"].sum() / rollout_seconds),
     "final_loss": float(history["loss"][-1]),
     "parity_loss": float(loss),

@@ -10,4 +10,3 @@ from adaswitch_keras.convert.gguf import GGUFTokenizer
 from adaswitch_keras.convert.gguf import convert_gguf
 from adaswitch_keras.convert.gguf import load_gguf
 from adaswitch_keras.convert.gguf import prune_layers
-from adaswitch_keras.convert.gguf import smollm2_path

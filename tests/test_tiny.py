@@ -13,9 +13,9 @@ from conftest import arithmetic_pairs
 @pytest.mark.parametrize("architecture", ["gpt2", "llama3", "gemma"])
 def test_architecture_distils_with_adaswitch(architecture):
     keras.utils.set_random_seed(1)
-    tokenizer = ak.models.tiny_tokenizer(architecture)
-    teacher = ak.models.tiny_causal_lm(architecture, num_layers=2, tokenizer=tokenizer, sequence_length=40)
-    student = ak.models.tiny_causal_lm(architecture, num_layers=1, tokenizer=tokenizer, sequence_length=40)
+    tokenizer = ak.tiny.tokenizer(architecture)
+    teacher = ak.tiny.causal_lm(architecture, num_layers=2, tokenizer=tokenizer, sequence_length=40)
+    student = ak.tiny.causal_lm(architecture, num_layers=1, tokenizer=tokenizer, sequence_length=40)
     distiller = ak.Distiller(teacher, student, strategy=ak.AdaSwitch(window=2, k=1.5), max_new_tokens=8)
     distiller.compile(optimizer="adam")
     history = distiller.fit(arithmetic_pairs(4), batch_size=4, verbose=0)
@@ -35,4 +35,4 @@ def test_preset_round_trip_keeps_logits(tmp_path, pair):
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown architecture"):
-        ak.models.tiny_causal_lm("bert")
+        ak.tiny.causal_lm("bert")

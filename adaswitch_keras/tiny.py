@@ -1,6 +1,6 @@
 """Tiny KerasHub causal LMs built from config, for tests, tutorials and demos.
 
-`tiny_causal_lm("qwen2")` gives a real KerasHub `CausalLM` (backbone,
+`causal_lm("qwen2")` gives a real KerasHub `CausalLM` (backbone,
 tokenizer, preprocessor) small enough to train on a CPU. Teacher and student
 built with the same `architecture` share one tokenizer, as distillation needs.
 Save one with `model.save_to_preset(dir)` and load it back with
@@ -71,8 +71,12 @@ def _sentencepiece_proto():
     return model.getvalue()
 
 
-def tiny_tokenizer(architecture="qwen2"):
+def tokenizer(architecture="qwen2"):
     """The architecture's KerasHub tokenizer over a tiny in-memory vocabulary."""
+    return _new_tokenizer(architecture)
+
+
+def _new_tokenizer(architecture):
     _check_architecture(architecture)
     tokenizer_class = getattr(keras_hub.tokenizers, _CLASSES[architecture][0])
     if architecture == "gemma":
@@ -83,7 +87,7 @@ def tiny_tokenizer(architecture="qwen2"):
     )
 
 
-def tiny_causal_lm(
+def causal_lm(
     architecture="qwen2",
     *,
     num_layers=2,
@@ -101,7 +105,7 @@ def tiny_causal_lm(
     real checkpoints do (e.g. 152064 rows for 151646 Qwen2 tokens).
     """
     _check_architecture(architecture)
-    tokenizer = tokenizer or tiny_tokenizer(architecture)
+    tokenizer = tokenizer or _new_tokenizer(architecture)
     _, backbone_name, preprocessor_name, lm_name = _CLASSES[architecture]
     vocabulary_size = vocabulary_size or tokenizer.vocabulary_size()
     config = {
