@@ -11,7 +11,6 @@ state as they were on a step whose gradients are not all finite.
 import contextlib
 
 import keras
-from keras import ops
 
 from adaswitch_keras.pipeline import check_batch
 

@@ -41,7 +41,9 @@ def load_model(preset):
         if not os.path.isdir(preset):
             raise UsageError(f"No preset directory at {os.path.abspath(preset)}.")
         if not os.path.exists(os.path.join(preset, "config.json")):
-            raise UsageError(f"{os.path.abspath(preset)} is not a KerasHub preset (no config.json).")
+            raise UsageError(
+                f"{os.path.abspath(preset)} is not a KerasHub preset (no config.json)."
+            )
     try:
         return keras_hub.models.CausalLM.from_preset(preset)
     except Exception as error:  # KerasHub raises many types for a bad name
@@ -82,7 +84,9 @@ def strategy_help():
 
 def load_rows(task, split, args, limit=None, **options):
     try:
-        return data.load(task, split, data_dir=args.data_dir, limit=limit, chat=args.chat, **options)
+        return data.load(
+            task, split, data_dir=args.data_dir, limit=limit, chat=args.chat, **options
+        )
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
 
@@ -92,8 +96,14 @@ def distill(args, teacher, student, train, test, task):
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     distiller = Distiller(
-        teacher, student, strategy=args.strategy, divergence=args.divergence,
-        beta=args.beta, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        teacher,
+        student,
+        strategy=args.strategy,
+        divergence=args.divergence,
+        beta=args.beta,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
     distiller.packer.check_prompts([row["prompts"] for row in train])  # before anything long
@@ -115,8 +125,12 @@ def distill(args, teacher, student, train, test, task):
     start = time.perf_counter()
     try:
         history = distiller.fit(
-            train, batch_size=args.batch_size, epochs=epochs, steps_per_epoch=log_every,
-            callbacks=callbacks, verbose=args.verbose,
+            train,
+            batch_size=args.batch_size,
+            epochs=epochs,
+            steps_per_epoch=log_every,
+            callbacks=callbacks,
+            verbose=args.verbose,
         ).history
         interrupted = False
     except KeyboardInterrupt:
@@ -129,29 +143,44 @@ def distill(args, teacher, student, train, test, task):
     student.save_to_preset(student_dir)
     metric = "accuracy" if task in data.GSM_FAMILY else "rougeL"
     report = {
-        "task": task, "strategy": repr(distiller.strategy), "divergence": args.divergence,
-        "steps": len(history.get("loss", [])) * log_every, "backend": keras.backend.backend(),
-        "seconds_distilling": seconds, "interrupted": interrupted,
-        "teacher": teacher_metrics, "student_before": before, "student_after": after,
-        "history": history, "steps_per_point": log_every,
+        "task": task,
+        "strategy": repr(distiller.strategy),
+        "divergence": args.divergence,
+        "steps": len(history.get("loss", [])) * log_every,
+        "backend": keras.backend.backend(),
+        "seconds_distilling": seconds,
+        "interrupted": interrupted,
+        "teacher": teacher_metrics,
+        "student_before": before,
+        "student_after": after,
+        "history": history,
+        "steps_per_point": log_every,
     }
     with open(os.path.join(args.output, "history.json"), "w") as f:
         json.dump(report, f, indent=1)
     if history.get("loss"):
         plotting.plot_history(
-            history, os.path.join(args.output, "distillation.png"), steps_per_epoch=log_every,
+            history,
+            os.path.join(args.output, "distillation.png"),
+            steps_per_epoch=log_every,
             title=f"{distiller.strategy!r} on {task} ({keras.backend.backend()})",
         )
     rows = [
         ("student " + metric, f"{before[metric]:.3f}", f"{after[metric]:.3f}"),
         ("teacher " + metric, f"{teacher_metrics[metric]:.3f}", f"{teacher_metrics[metric]:.3f}"),
-        ("switch rate", "", f"{history['switch_rate'][-1]:.3f}" if history.get("switch_rate") else "-"),
+        (
+            "switch rate",
+            "",
+            f"{history['switch_rate'][-1]:.3f}" if history.get("switch_rate") else "-",
+        ),
         ("distillation time", "", f"{seconds:.0f} s"),
     ]
     print(f"\n| {'':<22} | {'before':>8} | {'after':>8} |\n|{'-' * 24}|{'-' * 10}|{'-' * 10}|")
     for name, a, b in rows:
         print(f"| {name:<22} | {a:>8} | {b:>8} |")
-    print(f"\nStudent preset, history.json and distillation.png are in {os.path.abspath(args.output)}")
+    print(
+        f"\nStudent preset, history.json and distillation.png are in {os.path.abspath(args.output)}"
+    )
     return report
 
 
@@ -174,30 +203,54 @@ def run_distill(args):
 def run_evaluate(args):
     model = load_model(args.model)
     examples = load_rows(args.task, args.split, args, limit=args.limit)
-    result = evaluation.evaluate(model, args.task, examples=examples, batch_size=args.batch_size,
-                                 output=args.output)
+    result = evaluation.evaluate(
+        model, args.task, examples=examples, batch_size=args.batch_size, output=args.output
+    )
     metrics = {k: v for k, v in result.items() if k != "predictions"}
     print(json.dumps(metrics, indent=1))
     return metrics
 
 
 def _training_arguments(parser, steps, batch_size, learning_rate, output):
-    parser.add_argument("--strategy", default="adaswitch", choices=list(strategies.registered()),
-                        help="a registered strategy: " + strategy_help().replace("%", "%%"))
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="an argument of the strategy, e.g. --option window=5 --option k=2.0")
+    parser.add_argument(
+        "--strategy",
+        default="adaswitch",
+        choices=list(strategies.registered()),
+        help="a registered strategy: " + strategy_help().replace("%", "%%"),
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument of the strategy, e.g. --option window=5 --option k=2.0",
+    )
     parser.add_argument("--divergence", default="forward_kl", choices=KINDS)
     parser.add_argument("--steps", type=int, default=steps, help="training steps")
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="rollout length (TRL's max_new_tokens)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="divergence temperature (TRL's temperature)")
-    parser.add_argument("--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)")
-    parser.add_argument("--lmbda", type=float, default=None,
-                        help="GKD: the fraction of student-sampled sequences (TRL's lmbda); --option lmbda=...")
-    parser.add_argument("--eval-limit", type=int, default=None, help="test examples to score (default all)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="rollout length (TRL's max_new_tokens)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="divergence temperature (TRL's temperature)"
+    )
+    parser.add_argument(
+        "--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)"
+    )
+    parser.add_argument(
+        "--lmbda",
+        type=float,
+        default=None,
+        help="GKD: the fraction of student-sampled sequences (TRL's lmbda); --option lmbda=...",
+    )
+    parser.add_argument(
+        "--eval-limit", type=int, default=None, help="test examples to score (default all)"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--log-every", type=int, default=25, help="steps per logged point (a Keras epoch)")
+    parser.add_argument(
+        "--log-every", type=int, default=25, help="steps per logged point (a Keras epoch)"
+    )
     parser.add_argument("--checkpoint-dir", default=None, help="resume from / back up to here")
     parser.add_argument("--output", default=output)
     parser.add_argument("--seed", type=int, default=0)
@@ -205,27 +258,47 @@ def _training_arguments(parser, steps, batch_size, learning_rate, output):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="adaswitch-keras", description="AdaSwitch knowledge distillation in Keras 3.")
+    parser = argparse.ArgumentParser(
+        prog="adaswitch-keras", description="AdaSwitch knowledge distillation in Keras 3."
+    )
     backend_help = "Keras backend (default: KERAS_BACKEND or Keras' own)"
     parser.add_argument("--backend", choices=BACKENDS, help=backend_help)
     # `--backend` also after the command (`adaswitch-keras demo --backend jax`).
     backend = argparse.ArgumentParser(add_help=False)
-    backend.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS, help=backend_help)
+    backend.add_argument(
+        "--backend", choices=BACKENDS, default=argparse.SUPPRESS, help=backend_help
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="distill the shipped arithmetic teacher into the shipped student", parents=[backend])
+    demo = commands.add_parser(
+        "demo",
+        help="distill the shipped arithmetic teacher into the shipped student",
+        parents=[backend],
+    )
     _training_arguments(demo, steps=600, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
 
-    run = commands.add_parser("distill", help="distill any KerasHub teacher preset into a student preset", parents=[backend])
-    run.add_argument("--teacher", required=True, help="KerasHub preset name or local preset directory")
-    run.add_argument("--student", required=True, help="KerasHub preset name or local preset directory")
+    run = commands.add_parser(
+        "distill",
+        help="distill any KerasHub teacher preset into a student preset",
+        parents=[backend],
+    )
+    run.add_argument(
+        "--teacher", required=True, help="KerasHub preset name or local preset directory"
+    )
+    run.add_argument(
+        "--student", required=True, help="KerasHub preset name or local preset directory"
+    )
     run.add_argument("--task", default="arithmetic", choices=data.TASKS)
     run.add_argument("--data-dir", default=None, help="folder of the task's JSONL files")
     run.add_argument("--chat", action="store_true", help="ChatML prompts for instruct models")
     _training_arguments(run, steps=1000, batch_size=8, learning_rate=1e-5, output="adaswitch-run")
 
-    score = commands.add_parser("evaluate", help="score a preset on a task split", parents=[backend])
-    score.add_argument("--model", required=True, help="KerasHub preset name or local preset directory")
+    score = commands.add_parser(
+        "evaluate", help="score a preset on a task split", parents=[backend]
+    )
+    score.add_argument(
+        "--model", required=True, help="KerasHub preset name or local preset directory"
+    )
     score.add_argument("--task", default="arithmetic", choices=data.TASKS)
     score.add_argument("--split", default="test")
     score.add_argument("--data-dir", default=None)
@@ -239,8 +312,11 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.backend and args.backend != keras.backend.backend():
-        print(f"error: Keras was imported with the {keras.backend.backend()} backend before "
-              f"--backend {args.backend} could apply; run the `adaswitch-keras` command.", file=sys.stderr)
+        print(
+            f"error: Keras was imported with the {keras.backend.backend()} backend before "
+            f"--backend {args.backend} could apply; run the `adaswitch-keras` command.",
+            file=sys.stderr,
+        )
         return 2
     for name in ("steps", "batch_size", "log_every", "eval_limit", "limit"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:

@@ -71,14 +71,26 @@ class Distiller(keras.Model):
         _check_models(teacher, student)
         self.vocabulary_size = shared_vocabulary_size(teacher, student)
         divergences.token_divergence(  # validates kind, beta, alpha, temperature
-            ops.zeros((1, 2)), ops.zeros((1, 2)), divergence, beta=beta, alpha=alpha, temperature=temperature
+            ops.zeros((1, 2)),
+            ops.zeros((1, 2)),
+            divergence,
+            beta=beta,
+            alpha=alpha,
+            temperature=temperature,
         )
         self.strategy = strategies.get(strategy)
-        self.divergence, self.beta, self.alpha, self.temperature = divergence, beta, alpha, temperature
+        self.divergence, self.beta, self.alpha, self.temperature = (
+            divergence,
+            beta,
+            alpha,
+            temperature,
+        )
         self.max_new_tokens = _checked_max_new_tokens(max_new_tokens, teacher, student)
         self.draft_length = self.strategy.draft_length if draft_length is None else draft_length
         if not (isinstance(self.draft_length, int) and self.draft_length >= 1):
-            raise ValueError(f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}")
+            raise ValueError(
+                f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}"
+            )
         self.reuse_teacher_logits = reuse_teacher_logits
         self.teacher, self.student = teacher, student
         self.teacher.trainable = False
@@ -154,7 +166,9 @@ class Distiller(keras.Model):
         if "teacher_logits" in inputs:  # kept by the rollout: column t+1 is predicted at t
             teacher_logits = inputs["teacher_logits"][:, 1:]
         else:
-            teacher_logits = self.teacher(model_inputs, training=False)[:, :-1, : self.vocabulary_size]
+            teacher_logits = self.teacher(model_inputs, training=False)[
+                :, :-1, : self.vocabulary_size
+            ]
         teacher_logits = ops.stop_gradient(teacher_logits)
         divergence = divergences.token_divergence(
             teacher_logits,
@@ -208,7 +222,10 @@ class Distiller(keras.Model):
         weights as one never stopped: the backup holds the weights, the
         optimizer (and its step count) and the rollout seed's state."""
         for callback in callbacks or []:
-            if isinstance(callback, keras.callbacks.BackupAndRestore) and callback.save_freq != "epoch":
+            if (
+                isinstance(callback, keras.callbacks.BackupAndRestore)
+                and callback.save_freq != "epoch"
+            ):
                 raise ValueError(
                     "BackupAndRestore(save_freq=int) restarts the interrupted epoch from "
                     "its first batch, so some batches would be trained on twice. Use "

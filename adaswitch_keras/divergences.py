@@ -32,9 +32,7 @@ def _kl(log_p, log_q):
 def _log_mixture(log_p, log_q, weight_p):
     """log(w p + (1 - w) q), mixed in probability space via log-sum-exp."""
     return ops.logsumexp(
-        ops.stack(
-            [log_p + math.log(weight_p), log_q + math.log(1.0 - weight_p)]
-        ),
+        ops.stack([log_p + math.log(weight_p), log_q + math.log(1.0 - weight_p)]),
         axis=0,
     )
 
@@ -106,9 +104,7 @@ def token_divergence(
     if kind not in KINDS:
         raise ValueError(f"Unknown divergence {kind!r}. Choose one of {KINDS}.")
     if temperature <= 0:
-        raise ValueError(
-            f"`temperature` must be > 0. Received: temperature={temperature}"
-        )
+        raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature}")
     teacher_vocab, student_vocab = teacher_logits.shape[-1], student_logits.shape[-1]
     if teacher_vocab != student_vocab:
         raise ValueError(
@@ -124,9 +120,7 @@ def token_divergence(
         return skew_forward_kl(log_p, log_q, alpha)
     if kind == "skew_reverse_kl":
         return skew_reverse_kl(log_p, log_q, alpha)
-    return {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tvd": tvd}[
-        kind
-    ](log_p, log_q)
+    return {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tvd": tvd}[kind](log_p, log_q)
 
 
 def masked_mean(values, mask):

@@ -1,12 +1,12 @@
 """Generate with a model on a task and score it: accuracy (GSM family), ROUGE.
 
-    metrics = adaswitch_keras.evaluate(student, "arithmetic", limit=200)
-    metrics = adaswitch_keras.evaluation.score("gsm8k", predictions, rows)
+metrics = adaswitch_keras.evaluate(student, "arithmetic", limit=200)
+metrics = adaswitch_keras.evaluation.score("gsm8k", predictions, rows)
 """
 
 import json
-import weakref
 import re
+import weakref
 from fractions import Fraction
 
 import keras
@@ -21,7 +21,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def parse_number(text):
-    """"1,080" -> 1080, "-4.33" -> 4.33, "13/3" -> Fraction(13, 3); else None."""
+    """ "1,080" -> 1080, "-4.33" -> 4.33, "13/3" -> Fraction(13, 3); else None."""
     text = text.replace(",", "").strip()
     try:
         return Fraction(text)
@@ -168,8 +168,12 @@ def evaluate(
         examples = data.load(task, split, data_dir=data_dir)
     examples = list(examples)[:limit]
     predictions = generate(
-        model, [row["prompts"] for row in examples],
-        batch_size=batch_size, max_length=max_length, sampler=sampler, verbose=verbose,
+        model,
+        [row["prompts"] for row in examples],
+        batch_size=batch_size,
+        max_length=max_length,
+        sampler=sampler,
+        verbose=verbose,
     )
     metrics = score(task, predictions, examples)
     if output:

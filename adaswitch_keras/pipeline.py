@@ -94,7 +94,9 @@ class Pipeline:
         elif "token_ids" in data:
             self.packer.check_packed(data, needs_responses)
         size = len(next(iter(data.values()), []))
-        packed = self.dataset(tf.data.Dataset.from_tensor_slices(data), 1024, needs_responses).unbatch()
+        packed = self.dataset(
+            tf.data.Dataset.from_tensor_slices(data), 1024, needs_responses
+        ).unbatch()
         return packed.apply(tf.data.experimental.assert_cardinality(size)).cache(), size
 
     def training_stream(self, data, batch_size=None, needs_responses=True, shuffle=True):
@@ -111,12 +113,18 @@ class Pipeline:
         def one_pass(number):
             order = tf.range(size)
             if shuffle:
-                noise = tf.random.stateless_uniform([size], seed=tf.stack([tf.cast(seed, tf.int64), number]))
+                noise = tf.random.stateless_uniform(
+                    [size], seed=tf.stack([tf.cast(seed, tf.int64), number])
+                )
                 order = tf.argsort(noise)
-            return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(lambda rows: tf.gather(rows, order), rows))
+            return tf.data.Dataset.from_tensor_slices(
+                tf.nest.map_structure(lambda rows: tf.gather(rows, order), rows)
+            )
 
         batch_size = batch_size or 8
-        batches = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
+        batches = (
+            tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
+        )
 
         def after_the_steps_taken(_):
             return batches.skip(tf.py_function(lambda: self.steps_taken, [], tf.int64))
@@ -155,9 +163,14 @@ def check_batch(inputs, targets=None, sample_weight=None):
             f"Expected a packed batch: a dict with {PACKED_KEYS}, as `make_dataset` "
             f"returns. Received: {received}"
         )
-    shapes = {key: tuple(getattr(inputs[key], "shape", None) or np.shape(inputs[key])) for key in PACKED_KEYS}
+    shapes = {
+        key: tuple(getattr(inputs[key], "shape", None) or np.shape(inputs[key]))
+        for key in PACKED_KEYS
+    }
     if any(len(shape) != 2 for shape in shapes.values()) or len(set(shapes.values())) > 1:
-        raise ValueError(f"{PACKED_KEYS} must all be [batch, length] alike. Received shapes {shapes}.")
+        raise ValueError(
+            f"{PACKED_KEYS} must all be [batch, length] alike. Received shapes {shapes}."
+        )
     if shapes["token_ids"][0] == 0:
         raise ValueError("The batch is empty: it has no rows.")
     for key in PACKED_KEYS:

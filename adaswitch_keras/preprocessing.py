@@ -126,9 +126,7 @@ class PromptResponsePacker:
                     "preprocessor's sequence_length."
                 ),
             ),
-            tf.debugging.assert_positive(
-                prompt_length, message="A prompt is empty (no tokens)."
-            ),
+            tf.debugging.assert_positive(prompt_length, message="A prompt is empty (no tokens)."),
         ]
         with tf.control_dependencies(checks):
             token_ids, padding_mask = self.packer(tf.concat([prompts, responses], axis=1))

@@ -127,7 +127,9 @@ def rollout(
         end_token_id=end_token_id,
         uniforms=uniforms,
         keep_teacher_logits=(
-            keep_teacher_logits and "teacher" in strategy.decoders and not strategy.ground_truth_rate
+            keep_teacher_logits
+            and "teacher" in strategy.decoders
+            and not strategy.ground_truth_rate
         ),
     )
     state = decoder.initial_state(inputs["token_ids"], pad_token_id)
@@ -140,10 +142,13 @@ def rollout(
             maximum_iterations=length,
         )
     generated = decoder.output(state)
-    if strategy.ground_truth_rate > 0.0:  # GKD: a row keeps its ground truth with probability 1 - lambda
+    if (
+        strategy.ground_truth_rate > 0.0
+    ):  # GKD: a row keeps its ground truth with probability 1 - lambda
         keeps_truth = uniforms["ground_truth"][:, 0] < strategy.ground_truth_rate
         generated = {
-            key: ops.where(keeps_truth[:, None], truth[key], value) for key, value in generated.items()
+            key: ops.where(keeps_truth[:, None], truth[key], value)
+            for key, value in generated.items()
         }
     return with_switch_index(generated)
 
@@ -154,8 +159,19 @@ class _JointDecoder:
     `response`, `teacher_mask`, `scores`, `done`, `caches` and, when kept,
     `teacher_logits`), so that each phase is an `ops.while_loop`."""
 
-    def __init__(self, *, models, samplers, strategy, prompt_mask, max_new_tokens,
-                 vocabulary_size, end_token_id, uniforms, keep_teacher_logits):
+    def __init__(
+        self,
+        *,
+        models,
+        samplers,
+        strategy,
+        prompt_mask,
+        max_new_tokens,
+        vocabulary_size,
+        end_token_id,
+        uniforms,
+        keep_teacher_logits,
+    ):
         self.models, self.samplers, self.strategy = models, samplers, strategy
         self.prompt_mask = prompt_mask
         self.prompt_length = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
@@ -189,7 +205,9 @@ class _JointDecoder:
             (name,) = self.strategy.decoders
             return [(self.any_active, lambda state: self.decode_alone(state, name))]
         drafting = (
-            lambda state: ops.logical_and(self.any_active(state), ops.logical_not(self.any_switched(state))),
+            lambda state: ops.logical_and(
+                self.any_active(state), ops.logical_not(self.any_switched(state))
+            ),
             lambda state: self.draft_and_verify(state, draft_length),
         )
         if not self.strategy.teacher_finishes:  # SKD, SWITCH: drafting to the end
@@ -251,7 +269,9 @@ class _JointDecoder:
         previous = ops.take(tokens, index - 1, axis=1)
         logits, proposal, cache = self.decode_step(name, state["caches"][name], previous, index)
         writes = self.writes(index, state["done"], index)[:, None]
-        token = ops.where(writes[:, 0], ops.cast(proposal, tokens.dtype), ops.take(tokens, index, axis=1))
+        token = ops.where(
+            writes[:, 0], ops.cast(proposal, tokens.dtype), ops.take(tokens, index, axis=1)
+        )
         return write_chunk(
             state,
             start=index,
@@ -277,12 +297,19 @@ class _JointDecoder:
             column = start + offset
             step_logits, proposal, cache = self.decode_step("student", cache, previous, column)
             writes = self.writes(column, done, index)
-            token = ops.where(writes, ops.cast(proposal, tokens.dtype), ops.take(tokens, column, axis=1))
+            token = ops.where(
+                writes, ops.cast(proposal, tokens.dtype), ops.take(tokens, column, axis=1)
+            )
             done = ops.logical_or(done, ops.logical_and(writes, token == self.end_token_id))
             put_at = lambda values, value: _put_column(values, offset, value)  # noqa: E731
             return (
-                token, done, put_at(draft, token), put_at(written, writes),
-                put_at(logits, step_logits), put_at(proposals, ops.cast(proposal, "int32")), cache,
+                token,
+                done,
+                put_at(draft, token),
+                put_at(written, writes),
+                put_at(logits, step_logits),
+                put_at(proposals, ops.cast(proposal, "int32")),
+                cache,
             )
 
         carry = (
@@ -311,20 +338,26 @@ class _JointDecoder:
         draft, written, student_logits, proposals, student_cache = self.draft(state, start, size)
 
         # The teacher reads the column before the chunk and all but its last token.
-        teacher_inputs = ops.concatenate([ops.take(tokens, start - 1, axis=1)[:, None], draft[:, :-1]], axis=1)
+        teacher_inputs = ops.concatenate(
+            [ops.take(tokens, start - 1, axis=1)[:, None], draft[:, :-1]], axis=1
+        )
         teacher_logits, _, teacher_cache = self.models["teacher"].call_with_cache(
             teacher_inputs, state["caches"]["teacher"], start - 1
         )
         teacher_logits = teacher_logits[:, :, : self.vocabulary_size]
         score = self.score(teacher_logits, student_logits, proposals)
-        score = ops.where(self.switched(state)[:, None], 0.0, score)  # no score is read after a switch
+        score = ops.where(
+            self.switched(state)[:, None], 0.0, score
+        )  # no score is read after a switch
 
         # The rule on the trace with the draft written in: it is causal, so
         # its decisions up to the cut are those of a token-by-token rollout.
         scores = put(state["scores"], start, ops.where(written, score, 0.0), undecided)
         response = put(state["response"], start, written, undecided)
         teacher_writes = self.strategy.teacher_writes(scores, response)
-        teacher_here = ops.logical_and(ops.slice(teacher_writes, [0, start], [ops.shape(tokens)[0], size]), written)
+        teacher_here = ops.logical_and(
+            ops.slice(teacher_writes, [0, start], [ops.shape(tokens)[0], size]), written
+        )
         offsets = ops.arange(size, dtype="int32")
         cut = ops.min(ops.where(ops.any(teacher_here, axis=0), offsets, size - 1))
         # The teacher's token is kept at the cut column only: sample it there alone.
@@ -338,8 +371,12 @@ class _JointDecoder:
         # are masked, but a model that gives NaN on a discarded token would
         # leak it through the attention (0 x NaN), unlike a token-by-token loop.
         caches = {
-            "student": restore_cache(state["caches"]["student"], student_cache, start=start, cut=cut, size=size),
-            "teacher": restore_cache(state["caches"]["teacher"], teacher_cache, start=start, cut=cut, size=size),
+            "student": restore_cache(
+                state["caches"]["student"], student_cache, start=start, cut=cut, size=size
+            ),
+            "teacher": restore_cache(
+                state["caches"]["teacher"], teacher_cache, start=start, cut=cut, size=size
+            ),
         }
         return write_chunk(
             state,
@@ -360,7 +397,9 @@ class _JointDecoder:
         batch, size = ops.shape(proposals)
         flat = (batch * size, self.vocabulary_size)
         score = self.strategy.score(
-            ops.reshape(teacher_logits, flat), ops.reshape(student_logits, flat), ops.reshape(proposals, (-1,))
+            ops.reshape(teacher_logits, flat),
+            ops.reshape(student_logits, flat),
+            ops.reshape(proposals, (-1,)),
         )
         return ops.reshape(score, (batch, size))
 
@@ -384,8 +423,20 @@ def _put_column(values, column, value):
     return ops.slice_update(values, corner, ops.cast(value, values.dtype)[:, None])
 
 
-def write_chunk(state, *, start, keep, tokens, written, teacher_here, scores, teacher_logits,
-                caches, end_token_id, next_index=None):
+def write_chunk(
+    state,
+    *,
+    start,
+    keep,
+    tokens,
+    written,
+    teacher_here,
+    scores,
+    teacher_logits,
+    caches,
+    end_token_id,
+    next_index=None,
+):
     """The state with the kept columns of a chunk `[B, n]` written in, from
     column `start` on; decoding goes on at `next_index` (after the chunk)."""
     ends = ops.logical_and(ops.logical_and(keep[None, :], written), tokens == end_token_id)

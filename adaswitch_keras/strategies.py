@@ -85,7 +85,9 @@ class Strategy:
         name = cls.__dict__.get("name")
         if name is not None:
             if name in _REGISTRY and _REGISTRY[name].__qualname__ != cls.__qualname__:
-                raise ValueError(f"A strategy named {name!r} is registered already: {_REGISTRY[name]}.")
+                raise ValueError(
+                    f"A strategy named {name!r} is registered already: {_REGISTRY[name]}."
+                )
             _REGISTRY[name] = cls
 
     def score(self, teacher_logits, student_logits, proposal):
@@ -194,9 +196,7 @@ class SKD(Strategy):
 
     def score(self, teacher_logits, student_logits, proposal):
         teacher_logits = ops.cast(teacher_logits, "float32")
-        proposal_logit = ops.take_along_axis(
-            teacher_logits, ops.expand_dims(proposal, -1), axis=-1
-        )
+        proposal_logit = ops.take_along_axis(teacher_logits, ops.expand_dims(proposal, -1), axis=-1)
         return ops.sum(ops.cast(teacher_logits > proposal_logit, "float32"), axis=-1)
 
     def teacher_writes(self, scores, mask):
@@ -267,7 +267,9 @@ class AdaSwitch(Strategy):
         if not k > 0:
             raise ValueError(f"`k` must be > 0. Received: k={k}")
         if divergence not in divergences.KINDS:
-            raise ValueError(f"Unknown divergence {divergence!r}. Choose one of {divergences.KINDS}.")
+            raise ValueError(
+                f"Unknown divergence {divergence!r}. Choose one of {divergences.KINDS}."
+            )
         self.window, self.k, self.divergence = window, k, divergence
 
     def score(self, teacher_logits, student_logits, proposal):
@@ -320,7 +322,9 @@ def get(identifier, **kwargs):
     keyword arguments: `get("adaswitch", window=5, k=2.0)`."""
     if isinstance(identifier, Strategy):
         if kwargs:
-            raise ValueError(f"Arguments {kwargs} were given with a strategy instance {identifier!r}.")
+            raise ValueError(
+                f"Arguments {kwargs} were given with a strategy instance {identifier!r}."
+            )
         return identifier
     strategy_class = _class_of(identifier)
     unknown = set(kwargs) - set(options(identifier.lower()))
@@ -334,5 +338,7 @@ def get(identifier, **kwargs):
 
 def _class_of(name):
     if not isinstance(name, str) or name.lower() not in _REGISTRY:
-        raise ValueError(f"Unknown strategy {name!r}. Pass a Strategy or one of {sorted(_REGISTRY)}.")
+        raise ValueError(
+            f"Unknown strategy {name!r}. Pass a Strategy or one of {sorted(_REGISTRY)}."
+        )
     return _REGISTRY[name.lower()]

@@ -130,6 +130,4 @@ def causal_lm(
 
 def _check_architecture(architecture):
     if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"Unknown architecture {architecture!r}. Choose one of {ARCHITECTURES}."
-        )
+        raise ValueError(f"Unknown architecture {architecture!r}. Choose one of {ARCHITECTURES}.")

@@ -82,29 +82,47 @@ def run(name, strategy, seed, teacher, train, tests, args):
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
     clock = ak.callbacks.StepTimer()
     evaluation = TaskEvaluation(
-        "arithmetic", tests["train"][: args.eval_limit], every_n_steps=args.eval_every,
+        "arithmetic",
+        tests["train"][: args.eval_limit],
+        every_n_steps=args.eval_every,
         batch_size=args.eval_batch_size,
     )
     start = time.perf_counter()
     history = distiller.fit(
-        train, batch_size=args.batch_size, epochs=args.steps // args.eval_every, steps_per_epoch=args.eval_every,
-        callbacks=[clock, evaluation], verbose=0,
+        train,
+        batch_size=args.batch_size,
+        epochs=args.steps // args.eval_every,
+        steps_per_epoch=args.eval_every,
+        callbacks=[clock, evaluation],
+        verbose=0,
     ).history
     seconds = time.perf_counter() - start
     result = {
-        "strategy": name, "config": repr(distiller.strategy), "seed": seed,
-        "seconds": seconds, "step_seconds_median": clock.median(),
-        "history": history, "accuracy_vs_step": evaluation.history, "final": {},
+        "strategy": name,
+        "config": repr(distiller.strategy),
+        "seed": seed,
+        "seconds": seconds,
+        "step_seconds_median": clock.median(),
+        "history": history,
+        "accuracy_vs_step": evaluation.history,
+        "final": {},
     }
     for difficulty, rows in tests.items():
-        metrics = ak.evaluate(student, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0)
+        metrics = ak.evaluate(
+            student, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
+        )
         result["final"][difficulty] = {"accuracy": metrics["accuracy"]}
         if distiller.strategy.decoders == ("student", "teacher"):
             rollout_rows = rows[: args.rollout_limit]
-            result["final"][difficulty].update(handover(distiller, rollout_rows, args.eval_batch_size))
+            result["final"][difficulty].update(
+                handover(distiller, rollout_rows, args.eval_batch_size)
+            )
     accuracy = result["final"]["train"]["accuracy"]
-    print(f"{name:<30} seed {seed}: accuracy {accuracy:.3f}, "
-          f"{result['step_seconds_median'] * 1000:.0f} ms/step, {seconds:.0f} s", flush=True)
+    print(
+        f"{name:<30} seed {seed}: accuracy {accuracy:.3f}, "
+        f"{result['step_seconds_median'] * 1000:.0f} ms/step, {seconds:.0f} s",
+        flush=True,
+    )
     return result
 
 
@@ -127,28 +145,36 @@ def summarize(results, baseline):
         by_strategy.setdefault(r["strategy"], []).append(r)
     base = statistics.median(r["step_seconds_median"] for r in by_strategy[baseline])
     lines = [
-        "| strategy | " + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
+        "| strategy | "
+        + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
         + f" | step time / {baseline} | switch rate (easier / train / harder) | teacher-token fraction (train) |",
         "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|",
     ]
     lines.append(
         "| warm-up student (start) | "
-        + " | ".join(f"{results['warm_up_student_accuracy'][d]:.3f}" for d in DIFFICULTIES) + " | | | |"
+        + " | ".join(f"{results['warm_up_student_accuracy'][d]:.3f}" for d in DIFFICULTIES)
+        + " | | | |"
     )
     lines.append(
-        "| teacher | " + " | ".join(f"{results['teacher_accuracy'][d]:.3f}" for d in DIFFICULTIES) + " | | | |"
+        "| teacher | "
+        + " | ".join(f"{results['teacher_accuracy'][d]:.3f}" for d in DIFFICULTIES)
+        + " | | | |"
     )
     for name, runs in by_strategy.items():
         accuracies = [fmt([r["final"][d]["accuracy"] for r in runs]) for d in DIFFICULTIES]
         ratio = statistics.median(r["step_seconds_median"] for r in runs) / base
         rates = " / ".join(
-            fmt([r["final"][d].get("switch_rate") for r in runs], 2).split(" ±")[0] for d in DIFFICULTIES
+            fmt([r["final"][d].get("switch_rate") for r in runs], 2).split(" ±")[0]
+            for d in DIFFICULTIES
         )
         fraction = fmt([r["final"]["train"].get("teacher_token_fraction") for r in runs], 2)
-        lines.append(f"| {name} | " + " | ".join(accuracies) + f" | {ratio:.2f}x | {rates} | {fraction} |")
+        lines.append(
+            f"| {name} | " + " | ".join(accuracies) + f" | {ratio:.2f}x | {rates} | {fraction} |"
+        )
     lines += [
         "",
-        "| AdaSwitch sweep | " + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
+        "| AdaSwitch sweep | "
+        + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
         + " | switch rate (train) | mean switch position (train) | teacher-token fraction (train) |",
         "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|",
     ]
@@ -191,13 +217,26 @@ def plot(results, output):
         steps = [(i + 1) * every for i in range(len(r["history"]["divergence"]))]
         axes[0].plot(steps, r["history"]["divergence"], marker=".", label=f"seed {r['seed']}")
         axes[1].plot(steps, r["history"]["switch_rate"], marker=".", label=f"seed {r['seed']}")
-    axes[0].set(xlabel="training step", ylabel="mean divergence KL(p_T || p_S)", title="Divergence (training rollouts)")
-    axes[1].set(xlabel="training step", ylabel="switch rate", title="Sequences that switched (training rollouts)")
+    axes[0].set(
+        xlabel="training step",
+        ylabel="mean divergence KL(p_T || p_S)",
+        title="Divergence (training rollouts)",
+    )
+    axes[1].set(
+        xlabel="training step",
+        ylabel="switch rate",
+        title="Sequences that switched (training rollouts)",
+    )
     axes[1].set_ylim(-0.05, 1.05)
-    positions = [sum((r["final"][d]["switch_positions"] for r in adaswitch), []) for d in DIFFICULTIES]
+    positions = [
+        sum((r["final"][d]["switch_positions"] for r in adaswitch), []) for d in DIFFICULTIES
+    ]
     axes[2].hist(positions, bins=range(0, presets.MAX_NEW_TOKENS + 1, 2), label=list(DIFFICULTIES))
-    axes[2].set(xlabel="switch position in the response (tokens)", ylabel="sequences",
-                title="Switch positions, final students")
+    axes[2].set(
+        xlabel="switch position in the response (tokens)",
+        ylabel="sequences",
+        title="Switch positions, final students",
+    )
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -207,7 +246,10 @@ def plot(results, output):
 
     labels = [f"L={r['window']}, K={r['k']}" for r in results["sweep"]]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for axis, key, title in ((axes[0], "accuracy", "test accuracy"), (axes[1], "switch_rate", "switch rate")):
+    for axis, key, title in (
+        (axes[0], "accuracy", "test accuracy"),
+        (axes[1], "switch_rate", "switch rate"),
+    ):
         values = [r["final"]["train"][key] for r in results["sweep"]]
         axis.bar(labels, values, color="tab:blue")
         for i, value in enumerate(values):
@@ -227,13 +269,27 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-every", type=int, default=20, help="steps between test evaluations")
-    parser.add_argument("--eval-limit", type=int, default=200, help="test problems scored during training")
-    parser.add_argument("--test-size", type=int, default=500, help="test problems per difficulty at the end")
-    parser.add_argument("--rollout-limit", type=int, default=128, help="test prompts rolled out for the switch rate")
+    parser.add_argument(
+        "--eval-limit", type=int, default=200, help="test problems scored during training"
+    )
+    parser.add_argument(
+        "--test-size", type=int, default=500, help="test problems per difficulty at the end"
+    )
+    parser.add_argument(
+        "--rollout-limit", type=int, default=128, help="test prompts rolled out for the switch rate"
+    )
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--output", default="docs/results/strategies")
-    parser.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted run in --output")
-    parser.add_argument("--smoke", action="store_true", help="three strategies and one sweep point for 2 steps, tiny evaluations (CI)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of an interrupted run in --output",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="three strategies and one sweep point for 2 steps, tiny evaluations (CI)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.eval_every, args.seeds = 2, 1, [0]
@@ -244,42 +300,70 @@ def main(argv=None):
 
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     train = ak.data.load("arithmetic", "train", **presets.TASK)
-    tests = {d: ak.data.load("arithmetic", "test", limit=args.test_size, **o) for d, o in DIFFICULTIES.items()}
+    tests = {
+        d: ak.data.load("arithmetic", "test", limit=args.test_size, **o)
+        for d, o in DIFFICULTIES.items()
+    }
     teacher_accuracy = {
-        d: ak.evaluate(teacher, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0)["accuracy"]
+        d: ak.evaluate(
+            teacher, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
+        )["accuracy"]
         for d, rows in tests.items()
     }
     warm_up = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
     warm_up_accuracy = {
-        d: ak.evaluate(warm_up, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0)["accuracy"]
+        d: ak.evaluate(
+            warm_up, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
+        )["accuracy"]
         for d, rows in tests.items()
     }
     warm_up_curve_start = ak.evaluate(  # step 0 of every accuracy-vs-step curve
-        warm_up, "arithmetic", examples=tests["train"][: args.eval_limit], batch_size=args.eval_batch_size, verbose=0
+        warm_up,
+        "arithmetic",
+        examples=tests["train"][: args.eval_limit],
+        batch_size=args.eval_batch_size,
+        verbose=0,
     )["accuracy"]
-    print(f"teacher accuracy: {teacher_accuracy}\nwarm-up student accuracy: {warm_up_accuracy}", flush=True)
+    print(
+        f"teacher accuracy: {teacher_accuracy}\nwarm-up student accuracy: {warm_up_accuracy}",
+        flush=True,
+    )
     results = {
         "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
         "backend": keras.backend.backend(),
-        "versions": {"keras": keras.__version__, "keras_hub": keras_hub.__version__,
-                     "python": platform.python_version(), "numpy": np.__version__},
+        "versions": {
+            "keras": keras.__version__,
+            "keras_hub": keras_hub.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "seeds": args.seeds, "settings": vars(args), "difficulties": DIFFICULTIES,
-        "teacher_accuracy": teacher_accuracy, "warm_up_student_accuracy": warm_up_accuracy,
-        "warm_up_student_eval_accuracy": warm_up_curve_start, "runs": [], "sweep": [],
+        "seeds": args.seeds,
+        "settings": vars(args),
+        "difficulties": DIFFICULTIES,
+        "teacher_accuracy": teacher_accuracy,
+        "warm_up_student_accuracy": warm_up_accuracy,
+        "warm_up_student_eval_accuracy": warm_up_curve_start,
+        "runs": [],
+        "sweep": [],
     }
     done = {}  # (name, seed) -> run, kept from an interrupted run with --resume
     saved = os.path.join(args.output, "results.json")
     if args.resume and os.path.exists(saved):
         with open(saved) as f:
             previous = json.load(f)
-        if previous["settings"]["steps"] == args.steps and previous["backend"] == results["backend"]:
+        if (
+            previous["settings"]["steps"] == args.steps
+            and previous["backend"] == results["backend"]
+        ):
             done = {(r["strategy"], r["seed"]): r for r in previous["runs"] + previous["sweep"]}
             results["seconds_before_resume"] = previous.get("total_seconds", 0.0)
     start = time.perf_counter()
 
     def checkpoint():  # after every run: an interruption loses one run at most
-        results["total_seconds"] = results.get("seconds_before_resume", 0.0) + time.perf_counter() - start
+        results["total_seconds"] = (
+            results.get("seconds_before_resume", 0.0) + time.perf_counter() - start
+        )
         with open(saved, "w") as f:
             json.dump(results, f, indent=1)
 
@@ -296,7 +380,9 @@ def main(argv=None):
             checkpoint()
     for window, k in SWEEP[:2] if args.smoke else SWEEP:
         name = "AdaSwitch(L=5, K=2)" if (window, k) == (5, 2.0) else f"AdaSwitch(L={window}, K={k})"
-        result = run_once(name, lambda: ak.strategies.AdaSwitch(window, k), args.seeds[0])
+        result = run_once(
+            name, lambda window=window, k=k: ak.strategies.AdaSwitch(window, k), args.seeds[0]
+        )
         results["sweep"].append({**result, "window": window, "k": k})
         checkpoint()
     table = summarize(results, baseline="OnPolicy")

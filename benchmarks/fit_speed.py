@@ -81,7 +81,9 @@ def main():
     texts = texts.repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
     string_steps = max(3, args.steps // 10)
     results["keras_hub_strings"] = seconds_per_step(
-        lambda n: model.fit(texts, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]),
+        lambda n: model.fit(
+            texts, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]
+        ),
         string_steps,
     )
     preprocessed = texts.map(model.preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
@@ -93,12 +95,20 @@ def main():
     for name, spe in (("packed_tf_data", 1), ("packed_tf_data_spe8", 8)):
         model = build(spe)
         data = packed(model, rows)
-        dataset = tf.data.Dataset.from_tensor_slices(data).cache().repeat().batch(BATCH).prefetch(tf.data.AUTOTUNE)
+        dataset = (
+            tf.data.Dataset.from_tensor_slices(data)
+            .cache()
+            .repeat()
+            .batch(BATCH)
+            .prefetch(tf.data.AUTOTUNE)
+        )
         detached(model)
         # Whole executions of `spe` steps (steps_per_epoch=0 would mean "until
         # the data ends": never, on a repeated dataset).
         results[name] = seconds_per_step(
-            lambda n: model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]),
+            lambda n, model=model, dataset=dataset: model.fit(
+                dataset, epochs=1, steps_per_epoch=n, verbose=0, callbacks=[Synchronous()]
+            ),
             steps,
             warm_up=8,
         )
@@ -114,8 +124,13 @@ def main():
     print("\n".join(lines))
     if args.output:
         with open(args.output, "w") as f:
-            f.write(f"# fit() speed, {keras.backend.backend()} backend, {steps} steps\n\n"
-                    + __doc__.split("\n\n", 2)[2] + "\n" + "\n".join(lines) + "\n")
+            f.write(
+                f"# fit() speed, {keras.backend.backend()} backend, {steps} steps\n\n"
+                + __doc__.split("\n\n", 2)[2]
+                + "\n"
+                + "\n".join(lines)
+                + "\n"
+            )
 
 
 def hand_written(data):
@@ -135,10 +150,15 @@ def hand_written(data):
     def step(state, x, y, weight):
         trainable, non_trainable, optimizer_variables = state
         value, grads = jax.value_and_grad(loss)(trainable, non_trainable, x, y, weight)
-        trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, grads, trainable)
+        trainable, optimizer_variables = optimizer.stateless_apply(
+            optimizer_variables, grads, trainable
+        )
         return (trainable, non_trainable, optimizer_variables), value
 
-    state = [[v.value for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables, optimizer.variables)]
+    state = [
+        [v.value for v in vs]
+        for vs in (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
+    ]
 
     def run(n):
         nonlocal state

@@ -27,7 +27,10 @@ def load_revision(revision):
     """`adaswitch_keras/rollout.py` as it was at `revision`, as a module."""
     source = subprocess.run(
         ["git", "show", f"{revision}:adaswitch_keras/rollout.py"],
-        cwd=os.path.dirname(HERE), check=True, capture_output=True, text=True,
+        cwd=os.path.dirname(HERE),
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path = os.path.join(tempfile.mkdtemp(), "rollout_at_revision.py")
     with open(path, "w") as f:
@@ -48,35 +51,49 @@ def main():
     import keras
     import keras_hub
     import numpy as np
+    from compare_strategies import STRATEGIES as MAKERS
     from keras import ops
+    from speed import compiled
 
     import adaswitch_keras as ak
     from adaswitch_keras import presets
-    from compare_strategies import STRATEGIES as MAKERS
-    from speed import compiled
 
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
-    rows = ak.data.load("arithmetic", "train", limit=args.batch_size * (args.rounds + 2), **presets.TASK)
+    rows = ak.data.load(
+        "arithmetic", "train", limit=args.batch_size * (args.rounds + 2), **presets.TASK
+    )
     old = load_revision(args.revision)
     versions = {"old": old.rollout, "new": ak.rollout}
     runs, seeds = {}, {}
     for name in STRATEGIES:
-        distiller = ak.Distiller(teacher, student, strategy=MAKERS[name](), max_new_tokens=presets.MAX_NEW_TOKENS)
+        distiller = ak.Distiller(
+            teacher, student, strategy=MAKERS[name](), max_new_tokens=presets.MAX_NEW_TOKENS
+        )
         seeds[name] = distiller.seed_generator
 
         def run(batch, rollout, distiller=distiller):
             sampler = lambda who: getattr(distiller, f"{who}_sampler")  # noqa: E731
             return rollout(
-                batch, student=student, teacher=teacher, strategy=distiller.strategy,
-                vocabulary_size=distiller.vocabulary_size, end_token_id=distiller.packer.end_token_id,
-                pad_token_id=distiller.packer.pad_token_id, max_new_tokens=distiller.max_new_tokens,
-                student_sampler=sampler("student"), teacher_sampler=sampler("teacher"),
-                seed=distiller.seed_generator, draft_length=distiller.draft_length, keep_teacher_logits=True,
+                batch,
+                student=student,
+                teacher=teacher,
+                strategy=distiller.strategy,
+                vocabulary_size=distiller.vocabulary_size,
+                end_token_id=distiller.packer.end_token_id,
+                pad_token_id=distiller.packer.pad_token_id,
+                max_new_tokens=distiller.max_new_tokens,
+                student_sampler=sampler("student"),
+                teacher_sampler=sampler("teacher"),
+                seed=distiller.seed_generator,
+                draft_length=distiller.draft_length,
+                keep_teacher_logits=True,
             )
 
         for version, rollout in versions.items():
-            runs[name, version] = compiled(lambda batch, run=run, rollout=rollout: run(batch, rollout), distiller)
+            runs[name, version] = compiled(
+                lambda batch, run=run, rollout=rollout: run(batch, rollout), distiller
+            )
     batches = [
         {k: np.asarray(v) for k, v in b.items()}
         for b in distiller.make_dataset(rows, args.batch_size).take(args.rounds + 2)
@@ -94,19 +111,28 @@ def main():
                     seconds[name, version].append(time.perf_counter() - start)
             for key in ("token_ids", "response_mask", "teacher_token_mask", "switch_index"):
                 if not np.array_equal(outputs["old"][key], outputs["new"][key]):
-                    raise SystemExit(f"{name}: {key} differs between {args.revision} and the working tree")
+                    raise SystemExit(
+                        f"{name}: {key} differs between {args.revision} and the working tree"
+                    )
         print(f"round {number + 1}/{len(batches)}", file=sys.stderr, flush=True)
     result = {
         "backend": keras.config.backend(),
-        "revision": subprocess.run(["git", "rev-parse", args.revision], capture_output=True, text=True).stdout.strip(),
+        "revision": subprocess.run(
+            ["git", "rev-parse", args.revision], capture_output=True, text=True
+        ).stdout.strip(),
         "batch_size": args.batch_size,
         "rounds": args.rounds,
         "milliseconds": {
-            name: {version: 1000 * statistics.median(seconds[name, version]) for version in ("old", "new")}
+            name: {
+                version: 1000 * statistics.median(seconds[name, version])
+                for version in ("old", "new")
+            }
             for name in STRATEGIES
         },
         "new_over_old": {
-            name: statistics.median(n / o for n, o in zip(seconds[name, "new"], seconds[name, "old"]))
+            name: statistics.median(
+                n / o for n, o in zip(seconds[name, "new"], seconds[name, "old"])
+            )
             for name in STRATEGIES
         },
     }

@@ -38,7 +38,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 BACKENDS = ("jax", "tensorflow", "torch")
-SMOKE_STRATEGIES = ["OnPolicy", "SKD(top_k=5)", "AdaSwitch(L=5, K=2)"]  # what the closing line needs
+SMOKE_STRATEGIES = [
+    "OnPolicy",
+    "SKD(top_k=5)",
+    "AdaSwitch(L=5, K=2)",
+]  # what the closing line needs
 
 
 def worker(args):
@@ -46,22 +50,27 @@ def worker(args):
     import keras
     import keras_hub
     import numpy as np
-    import tensorflow as tf
+    from compare_strategies import STRATEGIES
     from keras import ops
 
     import adaswitch_keras as ak
     from adaswitch_keras import presets
 
-    from compare_strategies import STRATEGIES
-
     backend = keras.config.backend()
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
-    rows = ak.data.load("arithmetic", "train", limit=args.batch_size * (args.rounds + 2), **presets.TASK)
+    rows = ak.data.load(
+        "arithmetic", "train", limit=args.batch_size * (args.rounds + 2), **presets.TASK
+    )
 
     def distiller(strategy, **kwargs):
         model = ak.Distiller(
-            teacher, student, strategy=strategy, max_new_tokens=presets.MAX_NEW_TOKENS, seed=0, **kwargs
+            teacher,
+            student,
+            strategy=strategy,
+            max_new_tokens=presets.MAX_NEW_TOKENS,
+            seed=0,
+            **kwargs,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.0))  # the same models every round
         return model
@@ -78,7 +87,9 @@ def worker(args):
         {k: np.asarray(v) for k, v in b.items()}
         for b in any_distiller.make_dataset(rows, args.batch_size).take(args.rounds + 2)
     ]
-    prompt_length = float(np.mean((batches[0]["padding_mask"] & ~batches[0]["response_mask"]).sum(1)))
+    prompt_length = float(
+        np.mean((batches[0]["padding_mask"] & ~batches[0]["response_mask"]).sum(1))
+    )
 
     def timed(function, *inputs):
         start = time.perf_counter()
@@ -88,7 +99,10 @@ def worker(args):
 
     floor = Floor(teacher, student, any_distiller, compiled)
     adaswitch, replay = distillers["AdaSwitch(L=5, K=2)"], distiller(ak.AdaSwitch())
-    rollouts = {name: compiled(distillers[name].rollout, distillers[name]) for name in ("OnPolicy", "AdaSwitch(L=5, K=2)")}
+    rollouts = {
+        name: compiled(distillers[name].rollout, distillers[name])
+        for name in ("OnPolicy", "AdaSwitch(L=5, K=2)")
+    }
     replay_rollout = compiled(replay.rollout, replay)
     generate = {}  # token ids in, token ids out: no preprocessor
     for who, model in (("student", student), ("teacher", teacher)):
@@ -106,21 +120,29 @@ def worker(args):
             if model is adaswitch:
                 seed_state = ops.convert_to_numpy(model.seed_generator.state)
             row["steps"][name], _ = timed(model.train_on_batch, batch)
-        row["sweep"] = {name: timed(model.train_on_batch, batch)[0] for name, model in sweep.items()}
+        row["sweep"] = {
+            name: timed(model.train_on_batch, batch)[0] for name, model in sweep.items()
+        }
         replay.seed_generator.state.assign(seed_state)  # the sequences AdaSwitch's step wrote
         written = {k: ops.convert_to_numpy(v) for k, v in replay_rollout(batch).items()}
         row["floor"] = floor.times(written, timed)
         row["switch_rate"] = float(written["teacher_token_mask"].any(1).mean())
         for name, rollout in rollouts.items():
             seconds, out = timed(rollout, batch)
-            row[f"rollout_tokens_per_s {name}"] = float(ops.convert_to_numpy(out["response_mask"]).sum()) / seconds
-            row[f"rollout_columns {name}"] = int(ops.convert_to_numpy(out["response_mask"]).sum(1).max())
+            row[f"rollout_tokens_per_s {name}"] = (
+                float(ops.convert_to_numpy(out["response_mask"]).sum()) / seconds
+            )
+            row[f"rollout_columns {name}"] = int(
+                ops.convert_to_numpy(out["response_mask"]).sum(1).max()
+            )
             if name == "OnPolicy":
                 onpolicy_written = {k: ops.convert_to_numpy(v) for k, v in out.items()}
                 row["onpolicy_floor"] = sum(floor.times(onpolicy_written, timed).values())
         for who, model in generate.items():
             inputs = generate_inputs(batch)
-            seconds, out = timed(lambda x: model.generate(x, stop_token_ids=None), inputs)
+            seconds, out = timed(
+                lambda x, model=model: model.generate(x, stop_token_ids=None), inputs
+            )
             tokens = float(np.asarray(out["padding_mask"]).sum() - inputs["padding_mask"].sum())
             row[f"generate_tokens_per_s {who}"] = tokens / seconds
         if number >= 2:  # the first two rounds compile
@@ -175,8 +197,9 @@ class Floor:
     """The parts of AdaSwitch's step that no rollout can avoid, timed alone."""
 
     def __init__(self, teacher, student, distiller, compiled):
-        import adaswitch_keras as ak
         from keras import ops
+
+        import adaswitch_keras as ak
 
         self.ops = ops
         self.teacher, self.student = teacher, student
@@ -202,7 +225,9 @@ class Floor:
             logits, _, cache = model.call_with_cache(previous, cache, index - 1)
             return index + 1, cache, checksum + ops.sum(ops.argmax(logits, axis=-1))
 
-        return ops.while_loop(lambda i, c, s: i < stop, body, (start, cache, ops.zeros((), "int32")))[2]
+        return ops.while_loop(
+            lambda i, c, s: i < stop, body, (start, cache, ops.zeros((), "int32"))
+        )[2]
 
     def _prefill_and_decode(self, tokens, start, stop):
         return self._loop(self.student, tokens, self.student._build_cache(tokens)[1], start, stop)
@@ -216,13 +241,18 @@ class Floor:
         ops = self.ops
         tokens = written["token_ids"].astype("int32")
         prompt = written["padding_mask"] & ~written["response_mask"]
-        student_columns = np.flatnonzero((written["response_mask"] & ~written["teacher_token_mask"]).any(0))
+        student_columns = np.flatnonzero(
+            (written["response_mask"] & ~written["teacher_token_mask"]).any(0)
+        )
         teacher_columns = np.flatnonzero(written["teacher_token_mask"].any(0))
         first = np.int32(max(prompt.sum(1).min(), 1))
         prefix = np.where(prompt, tokens, 0)
         seconds = {}
         seconds["student decode"], _ = timed(
-            self.prefill_and_decode, prefix, first, np.int32(student_columns.max() + 1 if len(student_columns) else first)
+            self.prefill_and_decode,
+            prefix,
+            first,
+            np.int32(student_columns.max() + 1 if len(student_columns) else first),
         )
         inputs = {"token_ids": tokens, "padding_mask": written["padding_mask"]}
         seconds["teacher forward"], logits = timed(self.forward, inputs)
@@ -230,11 +260,20 @@ class Floor:
         if len(teacher_columns):
             cache = self.build_cache(tokens)  # as the forward above would leave it
             seconds["teacher decode"], _ = timed(
-                self.decode, tokens, cache, np.int32(teacher_columns.min()), np.int32(teacher_columns.max() + 1)
+                self.decode,
+                tokens,
+                cache,
+                np.int32(teacher_columns.min()),
+                np.int32(teacher_columns.max() + 1),
             )
         logits = ops.convert_to_numpy(logits)
-        kept = np.concatenate([np.zeros_like(logits[:, :1]), logits[:, :-1]], axis=1)  # column c: logits for token c
-        batch = {**written, "teacher_logits": np.where(written["response_mask"][..., None], kept, 0.0)}
+        kept = np.concatenate(
+            [np.zeros_like(logits[:, :1]), logits[:, :-1]], axis=1
+        )  # column c: logits for token c
+        batch = {
+            **written,
+            "teacher_logits": np.where(written["response_mask"][..., None], kept, 0.0),
+        }
         seconds["gradient step"], _ = timed(self.gradient.train_on_batch, batch)
         return seconds
 
@@ -267,6 +306,7 @@ def teacher_calls(distiller, teacher, batch):
 
 def summarize(results, trl):
     """The Markdown page and the closing line."""
+
     def median(values):
         return statistics.median(values)
 
@@ -274,7 +314,9 @@ def summarize(results, trl):
         return median([r["steps"][name] / r["steps"][over] for r in result["rounds"]])
 
     def floor_ratio(result):
-        return median([r["steps"]["AdaSwitch(L=5, K=2)"] / sum(r["floor"].values()) for r in result["rounds"]])
+        return median(
+            [r["steps"]["AdaSwitch(L=5, K=2)"] / sum(r["floor"].values()) for r in result["rounds"]]
+        )
 
     first = results[0]
     names = list(first["rounds"][0]["steps"])
@@ -296,10 +338,15 @@ def summarize(results, trl):
     ]
     for name in names:
         cells = [f"{step_ratio(r, name, 'OnPolicy'):.2f}x" for r in results]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {first['teacher_calls_per_step'][name]} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {first['teacher_calls_per_step'][name]} |"
+        )
     lines.append(
         "| OnPolicy step (ms) | "
-        + " | ".join(f"{1000 * median([r['steps']['OnPolicy'] for r in res['rounds']]):.0f}" for res in results)
+        + " | ".join(
+            f"{1000 * median([r['steps']['OnPolicy'] for r in res['rounds']]):.0f}"
+            for res in results
+        )
         + " | |"
     )
     lines += [
@@ -313,12 +360,18 @@ def summarize(results, trl):
         "AdaSwitch / floor": lambda r: f"{floor_ratio(r):.2f}",
         "AdaSwitch / OnPolicy": lambda r: f"{step_ratio(r, 'AdaSwitch(L=5, K=2)', 'OnPolicy'):.2f}",
         "AdaSwitch / SKD": lambda r: f"{step_ratio(r, 'AdaSwitch(L=5, K=2)', 'SKD(top_k=5)'):.2f}",
-        "floor / OnPolicy (what the sizes imply)": lambda r: f"{median([sum(x['floor'].values()) / x['steps']['OnPolicy'] for x in r['rounds']]):.2f}",
+        "floor / OnPolicy (what the sizes imply)": lambda r: (
+            f"{median([sum(x['floor'].values()) / x['steps']['OnPolicy'] for x in r['rounds']]):.2f}"
+        ),
         "AdaSwitch switch rate": lambda r: f"{median([x['switch_rate'] for x in r['rounds']]):.2f}",
     }
     for part in first["rounds"][0]["floor"]:
-        rows[f"floor: {part} (ms)"] = lambda r, part=part: f"{1000 * median([x['floor'][part] for x in r['rounds']]):.1f}"
-    rows["AdaSwitch step (ms)"] = lambda r: f"{1000 * median([x['steps']['AdaSwitch(L=5, K=2)'] for x in r['rounds']]):.1f}"
+        rows[f"floor: {part} (ms)"] = lambda r, part=part: (
+            f"{1000 * median([x['floor'][part] for x in r['rounds']]):.1f}"
+        )
+    rows["AdaSwitch step (ms)"] = lambda r: (
+        f"{1000 * median([x['steps']['AdaSwitch(L=5, K=2)'] for x in r['rounds']]):.1f}"
+    )
     for label, cell in rows.items():
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
     lines += [
@@ -328,15 +381,31 @@ def summarize(results, trl):
         "| | " + " | ".join(r["backend"] for r in results) + " |",
         "|---|" + "---|" * len(results),
     ]
-    for key in ("rollout_tokens_per_s AdaSwitch(L=5, K=2)", "rollout_tokens_per_s OnPolicy",
-                "generate_tokens_per_s student", "generate_tokens_per_s teacher"):
-        lines.append(f"| {key.replace('_tokens_per_s', '')} | " + " | ".join(
-            f"{median([x[key] for x in r['rounds']]):,.0f}" for r in results) + " |")
+    for key in (
+        "rollout_tokens_per_s AdaSwitch(L=5, K=2)",
+        "rollout_tokens_per_s OnPolicy",
+        "generate_tokens_per_s student",
+        "generate_tokens_per_s teacher",
+    ):
+        lines.append(
+            f"| {key.replace('_tokens_per_s', '')} | "
+            + " | ".join(f"{median([x[key] for x in r['rounds']]):,.0f}" for r in results)
+            + " |"
+        )
     for who in ("student", "teacher"):
-        lines.append(f"| AdaSwitch rollout / {who} generate | " + " | ".join(
-            f"{median([x['rollout_tokens_per_s AdaSwitch(L=5, K=2)'] / x[f'generate_tokens_per_s {who}'] for x in r['rounds']]):.2f}"
-            for r in results) + " |")
-    lines.append("| peak memory (RSS, MiB) | " + " | ".join(f"{r['peak_rss_mib']:,.0f}" for r in results) + " |")
+        lines.append(
+            f"| AdaSwitch rollout / {who} generate | "
+            + " | ".join(
+                f"{median([x['rollout_tokens_per_s AdaSwitch(L=5, K=2)'] / x[f'generate_tokens_per_s {who}'] for x in r['rounds']]):.2f}"
+                for r in results
+            )
+            + " |"
+        )
+    lines.append(
+        "| peak memory (RSS, MiB) | "
+        + " | ".join(f"{r['peak_rss_mib']:,.0f}" for r in results)
+        + " |"
+    )
 
     swept = [r for r in results if r["rounds"][0]["sweep"]]
     if swept:
@@ -350,8 +419,10 @@ def summarize(results, trl):
             "|---|" + "---|" * 4,
         ]
         for start in range(0, len(names), 4):
-            cells = [f"{median([x['sweep'][n] / x['steps']['OnPolicy'] for x in result['rounds']]):.2f}x"
-                     for n in names[start:start + 4]]
+            cells = [
+                f"{median([x['sweep'][n] / x['steps']['OnPolicy'] for x in result['rounds']]):.2f}x"
+                for n in names[start : start + 4]
+            ]
             lines.append(f"| {names[start].split(' draft=')[0]} | " + " | ".join(cells) + " |")
     jax_result = next((r for r in results if r["backend"] == "jax"), first)
     fastest = min(results, key=lambda r: median([x["steps"]["OnPolicy"] for x in r["rounds"]]))
@@ -373,9 +444,13 @@ def summarize(results, trl):
         for result in results:
             for name in ("OnPolicy", "AdaSwitch(L=5, K=2)"):
                 step = median([x["steps"][name] for x in result["rounds"]])
-                lines.append(f"| {result['backend']} {name} | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |")
+                lines.append(
+                    f"| {result['backend']} {name} | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |"
+                )
             step = median([x["onpolicy_floor"] for x in result["rounds"]])
-            lines.append(f"| {result['backend']} OnPolicy floor | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |")
+            lines.append(
+                f"| {result['backend']} OnPolicy floor | {1000 * step:.0f} | {step / trl['median_step_seconds']:.2f} |"
+            )
         lines += [
             "",
             "The OnPolicy floor is the unavoidable work of an on-policy step, each part timed alone as for "
@@ -402,13 +477,23 @@ def summarize(results, trl):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--rounds", type=int, default=7, help="warm rounds per backend (2 more compile)")
+    parser.add_argument(
+        "--rounds", type=int, default=7, help="warm rounds per backend (2 more compile)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--no-draft-sweep", dest="draft_sweep", action="store_false",
-                        help="skip the draft-length sweep (JAX)")
+    parser.add_argument(
+        "--no-draft-sweep",
+        dest="draft_sweep",
+        action="store_false",
+        help="skip the draft-length sweep (JAX)",
+    )
     parser.add_argument("--trl-steps", type=int, default=8)
-    parser.add_argument("--smoke", action="store_true", help="3 rounds, batch 4, 3 strategies, JAX only, no TRL")
-    parser.add_argument("--output", default=None, help="write the Markdown page and a .json beside it")
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 rounds, batch 4, 3 strategies, JAX only, no TRL"
+    )
+    parser.add_argument(
+        "--output", default=None, help="write the Markdown page and a .json beside it"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke and not args.worker:
@@ -419,8 +504,15 @@ def main():
 
     results = []
     for backend in args.backends.split(","):
-        command = [sys.executable, __file__, "--worker", "--rounds", str(args.rounds),
-                   "--batch-size", str(args.batch_size)] + ([] if args.draft_sweep else ["--no-draft-sweep"])
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--rounds",
+            str(args.rounds),
+            "--batch-size",
+            str(args.batch_size),
+        ] + ([] if args.draft_sweep else ["--no-draft-sweep"])
         command += ["--smoke"] if args.smoke else []
         env = {**os.environ, "KERAS_BACKEND": backend}
         start = time.perf_counter()
@@ -432,7 +524,9 @@ def main():
     if not args.smoke and importlib.util.find_spec("trl") is not None:
         from trl_gkd import trl_on_policy_step_seconds
 
-        columns = int(statistics.median(x["rollout_columns OnPolicy"] for r in results for x in r["rounds"]))
+        columns = int(
+            statistics.median(x["rollout_columns OnPolicy"] for r in results for x in r["rounds"])
+        )
         trl = trl_on_policy_step_seconds(
             args.batch_size, round(results[0]["prompt_length_mean"]), columns, steps=args.trl_steps
         )

@@ -47,7 +47,9 @@ def main():
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-c", WORKER, str(args.steps), str(args.batch_size)],
-            env=env, capture_output=True, text=True,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if done.returncode:
             sys.exit(f"{backend} failed:\n{done.stderr[-3000:]}")

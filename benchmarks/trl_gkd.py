@@ -73,7 +73,9 @@ def build_tokenizer():
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     if len(tokenizer) != len(vocabulary):
-        raise RuntimeError(f"Tokenizer has {len(tokenizer)} tokens, the preset vocabulary {len(vocabulary)}.")
+        raise RuntimeError(
+            f"Tokenizer has {len(tokenizer)} tokens, the preset vocabulary {len(vocabulary)}."
+        )
     return tokenizer
 
 
@@ -110,7 +112,9 @@ def build_model(preset, attn_implementation, max_positions, pad_token_id):
     import torch
     from transformers import Qwen2ForCausalLM
 
-    model = Qwen2ForCausalLM(qwen2_config(preset, attn_implementation, max_positions)).to(torch.float32)
+    model = Qwen2ForCausalLM(qwen2_config(preset, attn_implementation, max_positions)).to(
+        torch.float32
+    )
     model.generation_config.eos_token_id = None
     model.generation_config.bos_token_id = None
     model.generation_config.pad_token_id = pad_token_id
@@ -119,7 +123,9 @@ def build_model(preset, attn_implementation, max_positions, pad_token_id):
 
 def _arithmetic_module():
     """adaswitch_keras/data/arithmetic.py, loaded without importing Keras."""
-    spec = importlib.util.spec_from_file_location("_arithmetic", ROOT / "adaswitch_keras" / "data" / "arithmetic.py")
+    spec = importlib.util.spec_from_file_location(
+        "_arithmetic", ROOT / "adaswitch_keras" / "data" / "arithmetic.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -152,16 +158,33 @@ def build_dataset(tokenizer, rows, prompt_length, completion_length, seed):
     examples = []
     for i in range(rows):
         # Enough problem text for the prompt: the question, then more questions.
-        question = " ".join(problems[(i + j) % len(problems)]["question"] for j in range(1 + prompt_length // 16))
-        solution = "\n" + "\n".join(problems[(i + j) % len(problems)]["solution"] for j in range(1 + completion_length // 8))
+        question = " ".join(
+            problems[(i + j) % len(problems)]["question"] for j in range(1 + prompt_length // 16)
+        )
+        solution = "\n" + "\n".join(
+            problems[(i + j) % len(problems)]["solution"] for j in range(1 + completion_length // 8)
+        )
         answer = _exact(tokenizer, solution, completion_length)
         prompt = _exact(tokenizer, question, prompt_length, following=answer)
-        examples.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]})
+        examples.append(
+            {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return Dataset.from_list(examples)
 
 
 def trl_on_policy_step_seconds(
-    batch_size, prompt_length, max_new_tokens, steps=8, warmup=2, seed=0, attn_implementation="sdpa",
+    batch_size,
+    prompt_length,
+    max_new_tokens,
+    steps=8,
+    warmup=2,
+    seed=0,
+    attn_implementation="sdpa",
     num_threads=None,
 ):
     """Median wall time of TRL GKDTrainer's on-policy (lmbda=1) training step, CPU torch.
@@ -178,17 +201,25 @@ def trl_on_policy_step_seconds(
     import transformers
     import trl
     from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback
+    from trl.experimental.gkd import GKDConfig
+    from trl.experimental.gkd import GKDTrainer
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     random.seed(seed)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    max_positions = max(160, prompt_length + max_new_tokens)  # 160: the presets' preprocessor sequence_length
-    teacher = build_model("arithmetic-teacher", attn_implementation, max_positions, tokenizer.pad_token_id)
-    student = build_model("arithmetic-student", attn_implementation, max_positions, tokenizer.pad_token_id)
+    max_positions = max(
+        160, prompt_length + max_new_tokens
+    )  # 160: the presets' preprocessor sequence_length
+    teacher = build_model(
+        "arithmetic-teacher", attn_implementation, max_positions, tokenizer.pad_token_id
+    )
+    student = build_model(
+        "arithmetic-student", attn_implementation, max_positions, tokenizer.pad_token_id
+    )
     dataset = build_dataset(tokenizer, steps * batch_size, prompt_length, max_new_tokens, seed)
 
     class StepClock(TrainerCallback):
@@ -241,13 +272,19 @@ def trl_on_policy_step_seconds(
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         if trainer.generation_config.eos_token_id is not None:
-            raise RuntimeError(f"Generation would stop at EOS {trainer.generation_config.eos_token_id}.")
+            raise RuntimeError(
+                f"Generation would stop at EOS {trainer.generation_config.eos_token_id}."
+            )
 
         # The collated prompts must be exactly prompt_length tokens, unpadded.
         batch = trainer.data_collator([dataset[i] for i in range(batch_size)])
-        if tuple(batch["prompts"].shape) != (batch_size, prompt_length) or not bool(batch["prompt_attention_mask"].all()):
-            raise RuntimeError(f"Collated prompts have shape {tuple(batch['prompts'].shape)}, not unpadded "
-                               f"({batch_size}, {prompt_length}).")
+        if tuple(batch["prompts"].shape) != (batch_size, prompt_length) or not bool(
+            batch["prompt_attention_mask"].all()
+        ):
+            raise RuntimeError(
+                f"Collated prompts have shape {tuple(batch['prompts'].shape)}, not unpadded "
+                f"({batch_size}, {prompt_length})."
+            )
 
         # Record what each on-policy step actually generated.
         generated = []
@@ -268,7 +305,9 @@ def trl_on_policy_step_seconds(
     if len(clock.seconds) != steps:
         raise RuntimeError(f"Timed {len(clock.seconds)} steps, expected {steps}.")
     if any(n != max_new_tokens for n in generated) or len(generated) != steps:
-        raise RuntimeError(f"Generated {generated} tokens per step, expected {max_new_tokens} on each of {steps}.")
+        raise RuntimeError(
+            f"Generated {generated} tokens per step, expected {max_new_tokens} on each of {steps}."
+        )
     timed = clock.seconds[warmup:]
     return {
         "median_step_seconds": statistics.median(timed),
@@ -309,9 +348,15 @@ def main():
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--smoke", action="store_true", help="a 2-step run (1 warm-up step, 1 timed)")
+    parser.add_argument(
+        "--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a 2-step run (1 warm-up step, 1 timed)"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.warmup = 2, 1
@@ -321,8 +366,13 @@ def main():
     transformers.logging.set_verbosity_error()
     start = time.perf_counter()
     result = trl_on_policy_step_seconds(
-        args.batch_size, args.prompt_length, args.max_new_tokens,
-        steps=args.steps, warmup=args.warmup, seed=args.seed, attn_implementation=args.attn,
+        args.batch_size,
+        args.prompt_length,
+        args.max_new_tokens,
+        steps=args.steps,
+        warmup=args.warmup,
+        seed=args.seed,
+        attn_implementation=args.attn,
         num_threads=args.threads,
     )
     result["script_seconds"] = time.perf_counter() - start

@@ -56,7 +56,7 @@ def reference(path, out):
         start = time.perf_counter()
         generated = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         generate_s = time.perf_counter() - start
-    answer = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
     np.savez(out, **arrays)
     return {"texts": texts, "answer": answer, "load_s": load_s, "generate_s": generate_s,
             "params": sum(p.numel() for p in model.parameters())}  # fmt: skip

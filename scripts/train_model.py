@@ -34,14 +34,21 @@ TASK, MAX_NEW_TOKENS = ak.presets.TASK, ak.presets.MAX_NEW_TOKENS
 def packed_dataset(model, rows, batch_size, seed):
     """Tokenize once into next-token (x, y, sample_weight) with loss on the
     response only, then shuffle and batch the packed tensors forever."""
-    packer = ak.preprocessing.PromptResponsePacker(model.preprocessor, max_new_tokens=MAX_NEW_TOKENS)
+    packer = ak.preprocessing.PromptResponsePacker(
+        model.preprocessor, max_new_tokens=MAX_NEW_TOKENS
+    )
 
     def next_token_data(packed):
-        x = {"token_ids": packed["token_ids"][:, :-1], "padding_mask": packed["padding_mask"][:, :-1]}
+        x = {
+            "token_ids": packed["token_ids"][:, :-1],
+            "padding_mask": packed["padding_mask"][:, :-1],
+        }
         return x, packed["token_ids"][:, 1:], tf.cast(packed["response_mask"][:, 1:], "float32")
 
     strings = {key: [r[key] for r in rows] for key in ("prompts", "responses")}
-    dataset = tf.data.Dataset.from_tensor_slices(strings).batch(1024).map(packer).map(next_token_data)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(strings).batch(1024).map(packer).map(next_token_data)
+    )
     dataset = dataset.unbatch().cache().shuffle(len(rows), seed=seed)
     return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -77,26 +84,45 @@ def main():
     train = ak.data.load("arithmetic", "train", seed=args.seed, **TASK)
     test = ak.data.load("arithmetic", "test", seed=args.seed, **TASK)
     dataset = packed_dataset(model, train, args.batch_size, args.seed)
-    print(f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems")
+    print(
+        f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems"
+    )
 
     start, done, log = time.perf_counter(), 0, []
     while done < args.steps:
         chunk = min(args.eval_every, args.steps - done)
         history = fit_packed(model, dataset, epochs=1, steps_per_epoch=chunk, verbose=0)
         done += chunk
-        accuracy = ak.evaluate(model, "arithmetic", examples=test, limit=args.eval_limit, verbose=0)["accuracy"]
-        log.append({"step": done, "loss": history.history["loss"][-1], "accuracy": accuracy,
-                    "seconds": time.perf_counter() - start})
+        accuracy = ak.evaluate(
+            model, "arithmetic", examples=test, limit=args.eval_limit, verbose=0
+        )["accuracy"]
+        log.append(
+            {
+                "step": done,
+                "loss": history.history["loss"][-1],
+                "accuracy": accuracy,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         print(json.dumps(log[-1]), flush=True)
 
     final = ak.evaluate(model, "arithmetic", examples=test, verbose=0)
     os.makedirs(args.output, exist_ok=True)
     model.save_to_preset(args.output)
-    report = {"size": args.size, "parameters": model.count_params(), "task": TASK, "args": vars(args),
-              "backend": keras.backend.backend(), "test_accuracy": final["accuracy"], "log": log}
+    report = {
+        "size": args.size,
+        "parameters": model.count_params(),
+        "task": TASK,
+        "args": vars(args),
+        "backend": keras.backend.backend(),
+        "test_accuracy": final["accuracy"],
+        "log": log,
+    }
     with open(os.path.join(args.output, "training.json"), "w") as f:
         json.dump(report, f, indent=1)
-    print(f"test accuracy {final['accuracy']:.3f} after {args.steps} steps, {time.perf_counter() - start:.0f} s")
+    print(
+        f"test accuracy {final['accuracy']:.3f} after {args.steps} steps, {time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

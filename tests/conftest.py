@@ -28,12 +28,8 @@ def sharpen(model, factor):
 def pair():
     """A tiny Qwen2 teacher (2 layers, 64 wide) and student (1 layer, 32)."""
     keras.utils.set_random_seed(0)
-    teacher = ak.tiny.causal_lm(
-        num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH
-    )
-    student = ak.tiny.causal_lm(
-        num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH
-    )
+    teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH)
+    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=SEQUENCE_LENGTH)
     return sharpen(teacher, 60.0), sharpen(student, 20.0)
 
 

@@ -17,7 +17,9 @@ import pytest
 import adaswitch_keras as ak
 from adaswitch_keras import convert
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+)
 from smollm2_file import smollm2_path  # noqa: E402
 
 gguf = pytest.importorskip("gguf")

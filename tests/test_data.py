@@ -15,8 +15,11 @@ needs_shared = pytest.mark.skipif(
 )
 
 # An independent reading of the question text (not the generator's tables).
-VERBS = {r"(?:gets|finds|buys) (\d+) more": "+", r"(?:gives away|loses|sells) (\d+)\.": "-",
-         r"has (\d+) times as many": "*"}
+VERBS = {
+    r"(?:gets|finds|buys) (\d+) more": "+",
+    r"(?:gives away|loses|sells) (\d+)\.": "-",
+    r"has (\d+) times as many": "*",
+}
 
 
 def solve(question):
@@ -35,7 +38,9 @@ HARD = dict(steps=4, max_operand=50, operations="+-*", distractors=2)
 
 @pytest.mark.parametrize("options", [{}, HARD])
 def test_every_answer_is_the_value_of_its_problem(options):
-    for row in arithmetic.generate("train", 2000, **options) + arithmetic.generate("test", 300, **options):
+    for row in arithmetic.generate("train", 2000, **options) + arithmetic.generate(
+        "test", 300, **options
+    ):
         assert str(solve(row["question"])) == row["answer"]
         lines = row["solution"].split("\n")
         assert lines[-1] == f"#### {row['answer']}"
@@ -60,8 +65,11 @@ def test_the_generator_is_deterministic_across_processes():
 
     code = "import json; from adaswitch_keras.data import arithmetic; print(json.dumps(arithmetic.generate('test', 50)))"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    other = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                      text=True, check=True).stdout.splitlines()[-1])
+    other = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.splitlines()[-1]
+    )
     assert other == arithmetic.generate("test", 50)
     assert arithmetic.generate("test", 1, seed=1) != arithmetic.generate("test", 1, seed=0)
     assert arithmetic.generate("test", 1)[0]["question"] == (
@@ -110,7 +118,10 @@ def test_load_explains_unknown_tasks_and_missing_files(tmp_path):
 @needs_shared
 def test_gsm8k_loader_reads_the_shared_files():
     data_dir = os.path.join(SHARED, "gsm8k")
-    train, test = ak.data.load("gsm8k", "train", data_dir=data_dir), ak.data.load("gsm8k", "test", data_dir=data_dir)
+    train, test = (
+        ak.data.load("gsm8k", "train", data_dir=data_dir),
+        ak.data.load("gsm8k", "test", data_dir=data_dir),
+    )
     assert (len(train), len(test)) == (7473, 1319)
     assert not any("<<" in r["responses"] or ">>" in r["responses"] for r in train + test)
     assert all(re.fullmatch(r"-?\d+(\.\d+)?", r["answer"]) for r in train + test)
@@ -122,7 +133,10 @@ def test_gsm8k_loader_reads_the_shared_files():
 @needs_shared
 def test_dialogsum_loader_reads_the_shared_files():
     data_dir = os.path.join(SHARED, "dialogsum")
-    sizes = {s: len(ak.data.load("dialogsum", s, data_dir=data_dir)) for s in ("train", "validation", "test")}
+    sizes = {
+        s: len(ak.data.load("dialogsum", s, data_dir=data_dir))
+        for s in ("train", "validation", "test")
+    }
     assert sizes == {"train": 12460, "validation": 500, "test": 500}
     test = ak.data.load("dialogsum", "test", data_dir=data_dir)
     assert all(len(r["references"]) == 3 for r in test)
@@ -132,10 +146,24 @@ def test_dialogsum_loader_reads_the_shared_files():
 
 def test_gsm_plus_loader_reads_its_file(tmp_path):
     rows = [
-        {"question": "q1", "solution": "3 * 4 = <<3*4=12>>12\n#### 12", "answer": "12",
-         "perturbation_type": "numerical substitution", "seed_question": "", "seed_solution": "", "seed_answer": ""},
-        {"question": "q2", "solution": "We cannot know.\n#### None", "answer": "None",
-         "perturbation_type": "critical thinking", "seed_question": "", "seed_solution": "", "seed_answer": ""},
+        {
+            "question": "q1",
+            "solution": "3 * 4 = <<3*4=12>>12\n#### 12",
+            "answer": "12",
+            "perturbation_type": "numerical substitution",
+            "seed_question": "",
+            "seed_solution": "",
+            "seed_answer": "",
+        },
+        {
+            "question": "q2",
+            "solution": "We cannot know.\n#### None",
+            "answer": "None",
+            "perturbation_type": "critical thinking",
+            "seed_question": "",
+            "seed_solution": "",
+            "seed_answer": "",
+        },
     ]
     (tmp_path / "gsmplus_testmini.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     loaded = ak.data.load("gsm_plus", "test", data_dir=tmp_path)

@@ -32,7 +32,9 @@ def np_forward_kl(teacher_logits, student_logits):
 def test_loss_is_the_masked_mean_over_response_tokens(pair, batch):
     """TRL #4105: the mean over response tokens, not over T*V."""
     teacher, student = pair
-    distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS
+    )
     loss = distiller.compute_loss(batch, y_pred=distiller(batch))
     inputs = {k: batch[k] for k in ("token_ids", "padding_mask")}
     kl = np_forward_kl(
@@ -59,14 +61,20 @@ def test_sft_loss_is_cross_entropy_of_the_response(pair, batch):
     loss = float(ops.convert_to_numpy(distiller.compute_loss(batch, y_pred=distiller(batch))))
     logits = ops.convert_to_numpy(student({k: batch[k] for k in ("token_ids", "padding_mask")}))
     logits = logits.astype("float64")[:, :-1]
-    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    log_probs = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
     targets = batch["token_ids"][:, 1:]
     nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss, nll[batch["response_mask"][:, 1:]].mean(), rtol=1e-4)
 
 
 def ground_truth_divergence(distiller, packed):
-    return float(ops.convert_to_numpy(distiller(packed)["divergence"])[packed["response_mask"][:, 1:]].mean())
+    return float(
+        ops.convert_to_numpy(distiller(packed)["divergence"])[packed["response_mask"][:, 1:]].mean()
+    )
 
 
 @pytest.mark.parametrize("strategy", every_strategy(), ids=repr)
@@ -76,7 +84,9 @@ def test_fit_trains_the_student_and_never_updates_the_teacher(pair, packed_pairs
     (SFT, SeqKD) falls."""
     teacher, _ = pair
     student = fresh_student(pair)
-    distiller = ak.Distiller(teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    distiller = ak.Distiller(
+        teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=0
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
     teacher_before, student_before = copy_weights(teacher), copy_weights(student)
     before = ground_truth_divergence(distiller, packed_pairs)
@@ -99,12 +109,16 @@ def test_evaluate_reports_the_divergence_on_ground_truth(pair, packed_pairs):
     distiller.compile(optimizer="adam")
     logs = distiller.evaluate(arithmetic_pairs(16), batch_size=16, verbose=0, return_dict=True)
     assert set(logs) == {"loss", "divergence"}
-    assert logs["divergence"] == pytest.approx(ground_truth_divergence(distiller, packed_pairs), rel=1e-4)
+    assert logs["divergence"] == pytest.approx(
+        ground_truth_divergence(distiller, packed_pairs), rel=1e-4
+    )
 
 
 def test_sft_fit_lowers_cross_entropy(pair, packed_pairs):
     teacher, _ = pair
-    distiller = ak.Distiller(teacher, fresh_student(pair), strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, fresh_student(pair), strategy="sft", max_new_tokens=MAX_NEW_TOKENS
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = distiller.fit(packed_pairs, batch_size=8, epochs=3, verbose=0)
     assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]
@@ -114,7 +128,9 @@ def test_rollout_metrics_follow_the_strategy(pair, packed_pairs):
     teacher, _ = pair
     logs = {}
     for strategy in (ak.OnPolicy(), ak.SeqKD()):
-        distiller = ak.Distiller(teacher, fresh_student(pair), strategy=strategy, max_new_tokens=MAX_NEW_TOKENS)
+        distiller = ak.Distiller(
+            teacher, fresh_student(pair), strategy=strategy, max_new_tokens=MAX_NEW_TOKENS
+        )
         distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
         logs[repr(strategy)] = distiller.fit(packed_pairs, batch_size=16, verbose=0).history
     assert logs["OnPolicy()"]["switch_rate"] == [0.0]
@@ -127,7 +143,11 @@ def test_rollout_metrics_follow_the_strategy(pair, packed_pairs):
 def test_predict_returns_the_compiled_rollouts(pair, packed_pairs):
     teacher, student = pair
     make = lambda: ak.Distiller(  # noqa: E731
-        teacher, student, strategy=ak.AdaSwitch(window=2, k=1.5), max_new_tokens=MAX_NEW_TOKENS, seed=3
+        teacher,
+        student,
+        strategy=ak.AdaSwitch(window=2, k=1.5),
+        max_new_tokens=MAX_NEW_TOKENS,
+        seed=3,
     )
     batch = keras.tree.map_structure(keras.ops.convert_to_tensor, packed_pairs)
     eager = {k: keras.ops.convert_to_numpy(v) for k, v in make().rollout(batch).items()}
@@ -151,9 +171,7 @@ def test_mismatched_tokenizers_are_a_clear_error(pair):
     vocabulary = teacher.preprocessor.tokenizer.get_vocabulary()
     swapped = dict(zip(vocabulary, range(len(vocabulary))))
     swapped["a"], swapped["b"] = swapped["b"], swapped["a"]
-    tokenizer = type(teacher.preprocessor.tokenizer)(
-        vocabulary=swapped, merges=ak.tiny._MERGES
-    )
+    tokenizer = type(teacher.preprocessor.tokenizer)(vocabulary=swapped, merges=ak.tiny._MERGES)
     other = ak.tiny.causal_lm(tokenizer=tokenizer, sequence_length=SEQUENCE_LENGTH)
     with pytest.raises(ValueError, match="different vocabularies"):
         ak.Distiller(teacher, other)
@@ -164,7 +182,9 @@ def test_bad_input_is_a_clear_error(pair):
     distiller = ak.Distiller(teacher, student, strategy="sft", max_new_tokens=MAX_NEW_TOKENS)
     distiller.compile(optimizer="adam")
     with pytest.raises(ValueError, match="Prompt 1 has .* tokens"):
-        distiller.fit([{"prompts": "ok", "responses": "x"}, {"prompts": "x" * 40, "responses": "y"}])
+        distiller.fit(
+            [{"prompts": "ok", "responses": "x"}, {"prompts": "x" * 40, "responses": "y"}]
+        )
     with pytest.raises(ValueError, match="empty"):
         distiller.fit([])
     with pytest.raises(ValueError, match='no "responses"'):
@@ -179,9 +199,13 @@ def test_bad_input_is_a_clear_error(pair):
 
 def test_prompt_only_data_is_enough_for_on_policy(pair):
     teacher, _ = pair
-    distiller = ak.Distiller(teacher, fresh_student(pair), strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, fresh_student(pair), strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS
+    )
     distiller.compile(optimizer="adam")
-    history = distiller.fit([{"prompts": f"Q: {i} + 1 ="} for i in range(8)], batch_size=4, verbose=0)
+    history = distiller.fit(
+        [{"prompts": f"Q: {i} + 1 ="} for i in range(8)], batch_size=4, verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
 
 
@@ -202,9 +226,15 @@ def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
     tokenizer = teacher.preprocessor.tokenizer
     size = tokenizer.vocabulary_size()
     keras.utils.set_random_seed(2)
-    big = ak.tiny.causal_lm(tokenizer=tokenizer, vocabulary_size=size + 7, sequence_length=SEQUENCE_LENGTH)
-    small = ak.tiny.causal_lm(tokenizer=tokenizer, vocabulary_size=size + 3, num_layers=1, sequence_length=SEQUENCE_LENGTH)
-    distiller = ak.Distiller(big, small, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    big = ak.tiny.causal_lm(
+        tokenizer=tokenizer, vocabulary_size=size + 7, sequence_length=SEQUENCE_LENGTH
+    )
+    small = ak.tiny.causal_lm(
+        tokenizer=tokenizer, vocabulary_size=size + 3, num_layers=1, sequence_length=SEQUENCE_LENGTH
+    )
+    distiller = ak.Distiller(
+        big, small, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0
+    )
     assert distiller.vocabulary_size == size
     packed = next(iter(distiller.make_dataset(arithmetic_pairs(8), batch_size=8)))
     packed = {k: np.asarray(v) for k, v in packed.items()}
@@ -219,14 +249,22 @@ def test_padded_embedding_tables_are_sliced_to_the_tokenizer(pair):
     assert ops.convert_to_numpy(out["token_ids"]).max() < size
 
 
-@pytest.mark.parametrize("strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKDDivergence()], ids=repr)
-def test_a_step_on_the_rollout_teacher_logits_equals_one_with_a_teacher_forward(pair, batch, strategy):
+@pytest.mark.parametrize(
+    "strategy", [ak.AdaSwitch(window=2, k=1.2), ak.SeqKDDivergence()], ids=repr
+)
+def test_a_step_on_the_rollout_teacher_logits_equals_one_with_a_teacher_forward(
+    pair, batch, strategy
+):
     teacher, _ = pair
     steps = {}
     for reuse in (True, False):
         student = fresh_student(pair)
         distiller = ak.Distiller(
-            teacher, student, strategy=strategy, max_new_tokens=MAX_NEW_TOKENS, seed=3,
+            teacher,
+            student,
+            strategy=strategy,
+            max_new_tokens=MAX_NEW_TOKENS,
+            seed=3,
             reuse_teacher_logits=reuse,
         )
         distiller.compile(optimizer=keras.optimizers.SGD(0.5))

@@ -74,8 +74,12 @@ def results(tmp_path_factory):
     divisible by the mesh axes) and a batch of 8, then runs `STEPS`."""
     folder = tmp_path_factory.mktemp("distribution")
     keras.utils.set_random_seed(0)
-    teacher = ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=32, vocabulary_size=272)
-    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=32, sequence_length=32, vocabulary_size=272)
+    teacher = ak.tiny.causal_lm(
+        num_layers=2, hidden_dim=64, sequence_length=32, vocabulary_size=272
+    )
+    student = ak.tiny.causal_lm(
+        num_layers=1, hidden_dim=32, sequence_length=32, vocabulary_size=272
+    )
     sharpen(teacher, 60.0).save_to_preset(str(folder / "teacher"))
     sharpen(student, 20.0).save_to_preset(str(folder / "student"))
     distiller = ak.Distiller(teacher, student, max_new_tokens=8)
@@ -89,7 +93,11 @@ def results(tmp_path_factory):
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     done = subprocess.run(
-        [sys.executable, "-c", STEPS, str(folder)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", STEPS, str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -7,12 +7,12 @@ from fractions import Fraction
 import keras
 import keras_hub
 import pytest
+from test_data import SHARED
+from test_data import needs_shared
 
 import adaswitch_keras as ak
 from adaswitch_keras import evaluation
-
 from conftest import MAX_NEW_TOKENS
-from test_data import SHARED, needs_shared
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,9 @@ def test_gsm_plus_style_answers():
 
 def test_integer_answers_need_an_exact_match():
     examples = [{"answer": "18"}] * 3
-    assert evaluation.score("gsm8k", ["#### 18.0", "#### 18.4", "#### 17"], examples) == {"accuracy": 1 / 3}
+    assert evaluation.score("gsm8k", ["#### 18.0", "#### 18.4", "#### 17"], examples) == {
+        "accuracy": 1 / 3
+    }
 
 
 def test_rouge_against_hand_checked_values():
@@ -80,7 +82,9 @@ def test_rouge_against_hand_checked_values():
     # Mean over references: F(LCS 2 of "a b" vs "a b c d") = 2/3, and 0 against "x y".
     scores = evaluation.rouge(["a b"], [["a b c d", "x y"]])
     assert scores["rougeL"] == pytest.approx((2 / 3 + 0) / 2)
-    assert evaluation.score("dialogsum", ["a b"], [{"references": ["a b c d", "x y"]}])["rougeL"] == pytest.approx(1 / 3)
+    assert evaluation.score("dialogsum", ["a b"], [{"references": ["a b c d", "x y"]}])[
+        "rougeL"
+    ] == pytest.approx(1 / 3)
 
 
 def test_score_rejects_mismatched_input():
@@ -99,12 +103,16 @@ def arithmetic_rows():
 def test_evaluate_generates_in_fixed_batches(pair, arithmetic_rows, tmp_path):
     _, student = pair
     output = tmp_path / "predictions.jsonl"
-    result = ak.evaluate(student, "arithmetic", examples=arithmetic_rows, batch_size=4, verbose=0, output=output)
+    result = ak.evaluate(
+        student, "arithmetic", examples=arithmetic_rows, batch_size=4, verbose=0, output=output
+    )
     assert len(result["predictions"]) == 6 and 0 <= result["accuracy"] <= 1
     # The padded last batch changes nothing: greedy, one batch of 8 gives the same.
     again = ak.evaluate(student, "arithmetic", examples=arithmetic_rows, batch_size=8, verbose=0)
     assert again["predictions"] == result["predictions"]
-    alone = ak.evaluation.generate(student, [arithmetic_rows[5]["prompts"]], batch_size=1, verbose=0)
+    alone = ak.evaluation.generate(
+        student, [arithmetic_rows[5]["prompts"]], batch_size=1, verbose=0
+    )
     assert alone == result["predictions"][5:]
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["prediction"] for line in lines] == result["predictions"]
@@ -121,10 +129,14 @@ def test_evaluate_leaves_the_callers_sampler_as_it_was(pair, arithmetic_rows):
 
 def test_evaluation_callback_logs_every_n_steps(pair, arithmetic_rows):
     teacher, student = pair
-    distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
     train = [{"prompts": r["prompts"], "responses": r["answer"]} for r in arithmetic_rows] * 2
-    callback = ak.callbacks.TaskEvaluation("arithmetic", arithmetic_rows[:4], every_n_steps=2, batch_size=4)
+    callback = ak.callbacks.TaskEvaluation(
+        "arithmetic", arithmetic_rows[:4], every_n_steps=2, batch_size=4
+    )
     history = distiller.fit(train, batch_size=4, epochs=2, verbose=0, callbacks=[callback])
     assert [h["step"] for h in callback.history] == [2, 3, 4, 6]  # 3 steps per epoch
     assert len(history.history["eval_accuracy"]) == 2

@@ -56,7 +56,9 @@ def test_model_checkpoint_restores_the_student_into_a_fresh_distiller(trained):
     fresh({"token_ids": ones, "padding_mask": ones, "response_mask": ones})  # builds it
     fresh.load_weights(str(path))
     for model in ("student", "teacher"):
-        for saved, loaded in zip(copy_weights(getattr(distiller, model)), copy_weights(getattr(fresh, model))):
+        for saved, loaded in zip(
+            copy_weights(getattr(distiller, model)), copy_weights(getattr(fresh, model))
+        ):
             np.testing.assert_array_equal(loaded, saved)
 
 
@@ -68,11 +70,16 @@ def test_student_preset_loads_on_another_backend_with_the_same_logits(trained, t
     prompt = "Q: 12 + 30 ="
     done = subprocess.run(
         [sys.executable, "-c", LOGITS, str(tmp_path / "student"), prompt],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     other = json.loads(done.stdout.strip().splitlines()[-1])
     token_ids = ops.convert_to_numpy(student.preprocessor.tokenizer(prompt))
     assert other["token_ids"] == token_ids.tolist()
     inputs = {"token_ids": token_ids[None], "padding_mask": np.ones((1, len(token_ids)), bool)}
-    np.testing.assert_allclose(np.array(other["logits"]), ops.convert_to_numpy(student(inputs))[0], atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(other["logits"]), ops.convert_to_numpy(student(inputs))[0], atol=1e-5
+    )

@@ -28,7 +28,11 @@ def make_pair(seed=0):
 
 def make_distiller(teacher, student):
     distiller = ak.Distiller(
-        teacher, student, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=5
+        teacher,
+        student,
+        strategy=ak.AdaSwitch(window=2, k=1.2),
+        max_new_tokens=MAX_NEW_TOKENS,
+        seed=5,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(1e-2))
     return distiller
@@ -41,10 +45,22 @@ def bad_batches(good):
         "missing response_mask": (without("response_mask"), "Expected a packed batch"),
         "missing token_ids": (without("token_ids"), "Expected a packed batch"),
         "not a dict": (good["token_ids"], "Expected a packed batch"),
-        "float token_ids": ({**good, "token_ids": good["token_ids"].astype("float32")}, "must be integers"),
-        "float mask": ({**good, "padding_mask": good["padding_mask"].astype("float32")}, "bool or integers"),
-        "string token_ids": ({**good, "token_ids": good["token_ids"].astype(str)}, "must be integers"),
-        "ragged shapes": ({**good, "response_mask": good["response_mask"][:, :-1]}, r"\[batch, length\] alike"),
+        "float token_ids": (
+            {**good, "token_ids": good["token_ids"].astype("float32")},
+            "must be integers",
+        ),
+        "float mask": (
+            {**good, "padding_mask": good["padding_mask"].astype("float32")},
+            "bool or integers",
+        ),
+        "string token_ids": (
+            {**good, "token_ids": good["token_ids"].astype(str)},
+            "must be integers",
+        ),
+        "ragged shapes": (
+            {**good, "response_mask": good["response_mask"][:, :-1]},
+            r"\[batch, length\] alike",
+        ),
         "rank 1": ({k: v[0] for k, v in good.items()}, r"\[batch, length\] alike"),
         "empty batch": ({k: v[:0] for k, v in good.items()}, "batch is empty"),
     }
@@ -104,7 +120,9 @@ def test_bad_batches_are_clear_errors_and_leave_the_models_intact(good_batch, un
     assert_same_outcome(outcome(teacher, student, distiller, good_batch), untouched)
 
 
-def test_a_first_step_that_fails_inside_fit_leaves_the_models_intact(good_batch, untouched, monkeypatch):
+def test_a_first_step_that_fails_inside_fit_leaves_the_models_intact(
+    good_batch, untouched, monkeypatch
+):
     """The error rises inside Keras' compiled step (on JAX, after Keras took
     the variables out of the models): the models keep their weights."""
     teacher, student = make_pair()
@@ -115,14 +133,19 @@ def test_a_first_step_that_fails_inside_fit_leaves_the_models_intact(good_batch,
 
     monkeypatch.setattr(distiller, "rollout", broken_rollout)
     data = tf.data.Dataset.from_tensor_slices(good_batch).batch(4)
-    for call in (lambda: distiller.fit(data, verbose=0), lambda: distiller.train_on_batch(good_batch)):
+    for call in (
+        lambda: distiller.fit(data, verbose=0),
+        lambda: distiller.train_on_batch(good_batch),
+    ):
         with pytest.raises(RuntimeError, match="the rollout failed"):
             call()
     monkeypatch.undo()
     assert_same_outcome(outcome(teacher, student, distiller, good_batch), untouched)
 
 
-@pytest.mark.skipif(keras.config.backend() == "torch", reason="PyTorch steps run eagerly: nothing is traced")
+@pytest.mark.skipif(
+    keras.config.backend() == "torch", reason="PyTorch steps run eagerly: nothing is traced"
+)
 def test_train_on_batch_traces_the_step_once(good_batch):
     traces = {"train_step": 0, "call": 0}
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from test_distiller import np_forward_kl
+from test_divergences import reference
 
 import adaswitch_keras as ak
 from conftest import MAX_NEW_TOKENS
@@ -15,8 +17,6 @@ from conftest import SEQUENCE_LENGTH
 from conftest import arithmetic_pairs
 from conftest import copy_weights
 from conftest import sharpen
-from test_distiller import np_forward_kl
-from test_divergences import reference
 
 
 def dataset(rows):
@@ -50,16 +50,16 @@ def test_packed_rows_the_loss_cannot_use_are_clear_errors(pair, packed_pairs):
     order would train on nothing or roll out from nothing: the error names the
     row, and the student is untouched."""
     teacher, student = pair
-    distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS
+    )
     distiller.compile(optimizer="adam")
     before = copy_weights(student)
     cases = {
         "Packed row 2 has 0 prompt tokens": packed_with(
             packed_pairs, 2, padding_mask=False, response_mask=False
         ),
-        "Packed row 2 has no response token": packed_with(
-            packed_pairs, 2, response_mask=False
-        ),
+        "Packed row 2 has no response token": packed_with(packed_pairs, 2, response_mask=False),
         "Packed row 2 is not \\[prompt\\] \\[response\\] \\[padding\\]": packed_with(
             packed_pairs, 2, response_mask=np.roll(packed_pairs["response_mask"][2], 1)
         ),
@@ -91,14 +91,18 @@ def test_texts_must_be_strings_and_token_ids_integers(pair, packed_pairs):
     with pytest.raises(ValueError, match='"responses" must be strings. Received dtype int32'):
         distiller.fit({"prompts": ["Q: 1 =", "Q: 2 ="], "responses": [1, 2]}, verbose=0)
     with pytest.raises(ValueError, match='"prompts" must be strings. Received dtype float32'):
-        distiller.fit(tf.data.Dataset.from_tensor_slices({"prompts": [1.0], "responses": ["1"]}), verbose=0)
+        distiller.fit(
+            tf.data.Dataset.from_tensor_slices({"prompts": [1.0], "responses": ["1"]}), verbose=0
+        )
     floats = {**packed_pairs, "token_ids": packed_pairs["token_ids"].astype("float32")}
     for run in (
         lambda: distiller.fit(floats, verbose=0),
         lambda: distiller.rollout(floats),
         lambda: distiller(floats),
     ):
-        with pytest.raises(ValueError, match="`token_ids` must be integers. Received dtype float32"):
+        with pytest.raises(
+            ValueError, match="`token_ids` must be integers. Received dtype float32"
+        ):
             run()
     with pytest.raises(ValueError, match="Expected a packed batch"):
         distiller({"token_ids": packed_pairs["token_ids"]})
@@ -116,14 +120,19 @@ def test_responses_missing_for_a_strategy_that_trains_on_them(pair, strategy):
         distiller.fit(tf.data.Dataset.from_tensor_slices({"prompts": prompts}), verbose=0)
     # A row without the response that row 0 has is not silently trained on "".
     rows = [{"prompts": prompts[0], "responses": " 1"}, {"prompts": prompts[1]}]
-    with pytest.raises(ValueError, match=r"Row 1 has fields \['prompts'\], row 0 has \['prompts', 'responses'\]"):
+    with pytest.raises(
+        ValueError, match=r"Row 1 has fields \['prompts'\], row 0 has \['prompts', 'responses'\]"
+    ):
         distiller.fit(rows, verbose=0)
 
 
 def test_distiller_arguments_out_of_range_are_clear_errors(pair):
     teacher, student = pair
     cases = [
-        ({"max_new_tokens": 0}, "max_new_tokens` must be an integer in \\[1, 31\\]"),  # was: the default
+        (
+            {"max_new_tokens": 0},
+            "max_new_tokens` must be an integer in \\[1, 31\\]",
+        ),  # was: the default
         ({"max_new_tokens": 2.5}, "max_new_tokens"),
         ({"divergence": "jsd", "beta": 1.5}, "beta"),
         ({"divergence": "skew_forward_kl", "alpha": 1.0}, "alpha"),
@@ -179,8 +188,13 @@ def test_non_finite_loss_stops_training_with_the_weights_before_that_step(capsys
     # Greedy rollouts: a random student samples near-uniformly, so "@" (NaN
     # in the teacher) would show up in the clean batches' responses by chance.
     distiller = ak.Distiller(
-        teacher, student, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=8, seed=0,
-        student_sampler="greedy", teacher_sampler="greedy",
+        teacher,
+        student,
+        strategy=ak.AdaSwitch(window=2, k=1.2),
+        max_new_tokens=8,
+        seed=0,
+        student_sampler="greedy",
+        teacher_sampler="greedy",
     )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
     clean = arithmetic_pairs(4)
@@ -218,7 +232,9 @@ def test_generated_prompt_tokens_are_never_in_the_loss(pair, batch):
     generated, from the first (predicted by the last prompt token) on; no
     prompt token is ever a target."""
     teacher, student = pair
-    distiller = ak.Distiller(teacher, student, strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS, seed=1)
+    distiller = ak.Distiller(
+        teacher, student, strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS, seed=1
+    )
     rolled = {k: ops.convert_to_numpy(v) for k, v in distiller.rollout(batch).items()}
     y_pred = distiller(rolled)
     loss = float(ops.convert_to_numpy(distiller.compute_loss(rolled, y_pred=y_pred)))
@@ -226,7 +242,10 @@ def test_generated_prompt_tokens_are_never_in_the_loss(pair, batch):
     prompt_length = (batch["padding_mask"] & ~batch["response_mask"]).sum(axis=1)
     generated = rolled["padding_mask"].sum(axis=1) - prompt_length
     assert (generated >= 1).all()
-    targets = [per_token[row, p - 1 : p - 1 + n] for row, (p, n) in enumerate(zip(prompt_length, generated))]
+    targets = [
+        per_token[row, p - 1 : p - 1 + n]
+        for row, (p, n) in enumerate(zip(prompt_length, generated))
+    ]
     assert loss == pytest.approx(np.concatenate(targets).mean(), rel=1e-5)
     prompt = rolled["padding_mask"] & ~rolled["response_mask"]
     np.testing.assert_array_equal(prompt.sum(axis=1), prompt_length)
@@ -240,7 +259,9 @@ def test_end_token_stays_in_the_loss_when_pad_is_end():
     tokenizer.pad_token_id = end
     teacher = ak.tiny.causal_lm(tokenizer=tokenizer, num_layers=2, sequence_length=SEQUENCE_LENGTH)
     student = ak.tiny.causal_lm(tokenizer=tokenizer, num_layers=1, sequence_length=SEQUENCE_LENGTH)
-    distiller = ak.Distiller(teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS)
+    distiller = ak.Distiller(
+        teacher, student, strategy="supervised_kd", max_new_tokens=MAX_NEW_TOKENS
+    )
     assert distiller.packer.pad_token_id == distiller.packer.end_token_id == end
     packed = next(iter(distiller.make_dataset(arithmetic_pairs(4), batch_size=4)))
     packed = {k: np.asarray(v) for k, v in packed.items()}
@@ -282,10 +303,18 @@ def mixed_bfloat16():
 
 def test_adaswitch_trains_under_mixed_bfloat16_with_float32_divergences(mixed_bfloat16):
     keras.utils.set_random_seed(0)
-    teacher = sharpen(ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH), 60.0)
+    teacher = sharpen(
+        ak.tiny.causal_lm(num_layers=2, hidden_dim=64, sequence_length=SEQUENCE_LENGTH), 60.0
+    )
     student = sharpen(ak.tiny.causal_lm(num_layers=1, sequence_length=SEQUENCE_LENGTH), 20.0)
     assert student.backbone.compute_dtype == "bfloat16"
-    distiller = ak.Distiller(teacher, student, strategy=ak.AdaSwitch(window=2, k=1.2), max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    distiller = ak.Distiller(
+        teacher,
+        student,
+        strategy=ak.AdaSwitch(window=2, k=1.2),
+        max_new_tokens=MAX_NEW_TOKENS,
+        seed=0,
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = distiller.fit(arithmetic_pairs(8), batch_size=8, verbose=0).history
     assert all(np.isfinite(values).all() for values in history.values())
@@ -312,7 +341,9 @@ def test_divergences_of_bfloat16_logits_are_computed_in_float32(kind):
     float64 one on the same (rounded) values, where bfloat16 arithmetic is
     off by about 1e-2."""
     rng = np.random.default_rng(0)
-    teacher, student = (ops.cast(rng.normal(scale=4.0, size=(4, 6, 50)), "bfloat16") for _ in range(2))
+    teacher, student = (
+        ops.cast(rng.normal(scale=4.0, size=(4, 6, 50)), "bfloat16") for _ in range(2)
+    )
     got = ak.divergences.token_divergence(teacher, student, kind, temperature=2.0)
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     want = reference(

@@ -52,7 +52,10 @@ def run(folder, kill_after=0, init_seed=0):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(
         [sys.executable, "-c", RUN, str(folder), str(kill_after), str(init_seed)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

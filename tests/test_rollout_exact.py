@@ -48,7 +48,15 @@ PARAMETERS = {
     "lmbda": st.floats(0.0, 1.0),
 }
 # The arguments of the edge cases: each rule fires on some tokens, not all.
-EDGE_ARGUMENTS = {"window": 2, "k": 1.3, "top_k": 3, "tau0": 0.12, "decay": 0.05, "beta": 0.5, "lmbda": 0.5}
+EDGE_ARGUMENTS = {
+    "window": 2,
+    "k": 1.3,
+    "top_k": 3,
+    "tau0": 0.12,
+    "decay": 0.05,
+    "beta": 0.5,
+    "lmbda": 0.5,
+}
 SAMPLERS = {
     "random": keras_hub.samplers.RandomSampler(),
     "greedy": keras_hub.samplers.GreedySampler(),
@@ -70,11 +78,20 @@ def cases(draw, name):
     )
     response_lengths = [draw(st.integers(1, length - p)) for p in prompt_lengths]
     token_ids = np.array(
-        draw(st.lists(st.lists(st.integers(0, VOCABULARY - 1), min_size=length, max_size=length), min_size=rows, max_size=rows)),
+        draw(
+            st.lists(
+                st.lists(st.integers(0, VOCABULARY - 1), min_size=length, max_size=length),
+                min_size=rows,
+                max_size=rows,
+            )
+        ),
         "int32",
     )
     columns = np.arange(length)[None, :]
-    prompt_lengths, response_lengths = np.array(prompt_lengths)[:, None], np.array(response_lengths)[:, None]
+    prompt_lengths, response_lengths = (
+        np.array(prompt_lengths)[:, None],
+        np.array(response_lengths)[:, None],
+    )
     padding_mask = columns < prompt_lengths + response_lengths
     response_mask = padding_mask & (columns >= prompt_lengths)
     return {
@@ -86,9 +103,20 @@ def cases(draw, name):
         },
         "max_new_tokens": max_new_tokens,
         "draft_length": draw(st.one_of(st.just(length), st.integers(1, length))),
-        "end_token_id": draw(st.one_of(st.just(VOCABULARY), st.integers(0, VOCABULARY - 1))),  # VOCABULARY: never sampled
+        "end_token_id": draw(
+            st.one_of(st.just(VOCABULARY), st.integers(0, VOCABULARY - 1))
+        ),  # VOCABULARY: never sampled
         "seed": draw(st.integers(0, 2**16)),
-        "samplers": draw(st.sampled_from([("random", "random"), ("random", "random"), ("greedy", "top_p"), ("top_k", "random")])),
+        "samplers": draw(
+            st.sampled_from(
+                [
+                    ("random", "random"),
+                    ("random", "random"),
+                    ("greedy", "top_p"),
+                    ("top_k", "random"),
+                ]
+            )
+        ),
     }
 
 
@@ -114,7 +142,9 @@ def reference_rollout(teacher, student, case):
         return ops.convert_to_numpy(logits)[:, column - 1, :VOCABULARY]
 
     for column in range(1, shape[1]):
-        writing = (column >= prompt_length) & (column < prompt_length + case["max_new_tokens"]) & ~done
+        writing = (
+            (column >= prompt_length) & (column < prompt_length + case["max_new_tokens"]) & ~done
+        )
         if not strategy.decoders or not writing.any():
             continue
         student_logits, teacher_logits = logits_for(student, column), logits_for(teacher, column)
@@ -128,13 +158,22 @@ def reference_rollout(teacher, student, case):
                 score = np.where(teacher_mask.any(axis=1), 0.0, score)
         scores[:, column] = np.where(writing, score, 0.0)
         response[:, column] = writing
-        teacher_here = ops.convert_to_numpy(strategy.teacher_writes(scores, response))[:, column] & writing
+        teacher_here = (
+            ops.convert_to_numpy(strategy.teacher_writes(scores, response))[:, column] & writing
+        )
         teacher_mask[:, column] = teacher_here
-        tokens[:, column] = np.where(writing, np.where(teacher_here, teacher_token, proposal), tokens[:, column])
+        tokens[:, column] = np.where(
+            writing, np.where(teacher_here, teacher_token, proposal), tokens[:, column]
+        )
         teacher_logits_kept[:, column] = np.where(writing[:, None], teacher_logits, 0.0)
         done |= writing & (tokens[:, column] == case["end_token_id"])
 
-    out = {"token_ids": tokens, "response_mask": response, "teacher_token_mask": teacher_mask, "scores": scores}
+    out = {
+        "token_ids": tokens,
+        "response_mask": response,
+        "teacher_token_mask": teacher_mask,
+        "scores": scores,
+    }
     if strategy.decoders:  # GKD: a row keeps its ground truth with probability 1 - lambda
         truth = uniforms[2][:, 0] < strategy.ground_truth_rate
     else:
@@ -145,7 +184,10 @@ def reference_rollout(teacher, student, case):
         "teacher_token_mask": np.zeros(shape, bool),
         "scores": np.zeros(shape, "float32"),
     }
-    out = {key: np.where(truth.reshape((-1,) + (1,) * (value.ndim - 1)), ground_truth[key], value) for key, value in out.items()}
+    out = {
+        key: np.where(truth.reshape((-1,) + (1,) * (value.ndim - 1)), ground_truth[key], value)
+        for key, value in out.items()
+    }
     out["padding_mask"] = prompt | out["response_mask"]
     columns = np.where(out["teacher_token_mask"], np.arange(shape[1]), shape[1])
     out["switch_index"] = columns.min(axis=1)
@@ -189,11 +231,16 @@ def check(models, case):
     note = f"{case['strategy']!r}, draft_length={case['draft_length']}, max_new_tokens={case['max_new_tokens']}"
     for key in ("token_ids", "padding_mask", "response_mask", "teacher_token_mask", "switch_index"):
         np.testing.assert_array_equal(out[key], reference[key], err_msg=f"{key}: {note}")
-    np.testing.assert_allclose(out["scores"], reference["scores"], rtol=1e-4, atol=1e-4, err_msg=note)
+    np.testing.assert_allclose(
+        out["scores"], reference["scores"], rtol=1e-4, atol=1e-4, err_msg=note
+    )
     if "teacher_logits" in out:  # kept where the teacher scored a written token
         kept = out["response_mask"]
         np.testing.assert_allclose(
-            out["teacher_logits"][kept][:, :VOCABULARY], reference["teacher_logits"][kept], atol=2e-4, err_msg=note
+            out["teacher_logits"][kept][:, :VOCABULARY],
+            reference["teacher_logits"][kept],
+            atol=2e-4,
+            err_msg=note,
         )
 
 
@@ -208,11 +255,24 @@ RARE = {**EDGE_ARGUMENTS, "k": 3.0, "tau0": 0.3, "top_k": 8}
 EDGES = [
     dict(max_new_tokens=4, draft_length=12, end_token_id=VOCABULARY),
     dict(max_new_tokens=7, draft_length=3, end_token_id=2),
-    dict(max_new_tokens=11, draft_length=4, end_token_id=VOCABULARY, prompt_lengths=[1], arguments=RARE),
+    dict(
+        max_new_tokens=11,
+        draft_length=4,
+        end_token_id=VOCABULARY,
+        prompt_lengths=[1],
+        arguments=RARE,
+    ),
 ]
 
 
-def edge_case(name, max_new_tokens, draft_length, end_token_id, prompt_lengths=SPREAD, arguments=EDGE_ARGUMENTS):
+def edge_case(
+    name,
+    max_new_tokens,
+    draft_length,
+    end_token_id,
+    prompt_lengths=SPREAD,
+    arguments=EDGE_ARGUMENTS,
+):
     rng = np.random.default_rng(3)
     length = LENGTH
     longest = length - max_new_tokens

@@ -5,8 +5,8 @@ import pytest
 from keras import ops
 
 import adaswitch_keras as ak
-from conftest import every_strategy
 from adaswitch_keras import strategies
+from conftest import every_strategy
 
 
 def np_first_switch(trace, mask, window, k):
@@ -112,7 +112,9 @@ def test_skd_score_is_teacher_rank_of_the_proposal():
 def test_fixed_source_strategies():
     mask = np.array([[0, 1, 1, 0]], bool)
     scores = np.ones((1, 4), "float32")
-    np.testing.assert_array_equal(ops.convert_to_numpy(ak.SeqKD().teacher_writes(scores, mask)), mask)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(ak.SeqKD().teacher_writes(scores, mask)), mask
+    )
     for strategy in (ak.OnPolicy(), ak.GKD(), ak.SFT(), ak.SupervisedKD()):
         assert not ops.convert_to_numpy(strategy.teacher_writes(scores, mask)).any()
     assert ak.ImitKD().ground_truth_rate == 0.5
@@ -142,7 +144,9 @@ def test_get_by_name_with_arguments():
     assert isinstance(strategies.get("SKD"), ak.SKD)
     assert strategies.get("imitkd").lmbda == 0.5
     assert strategies.get("adaswitch", window=3, k=4.0).get_config() == {"window": 3, "k": 4.0}
-    with pytest.raises(ValueError, match=r"AdaSwitch takes \['divergence', 'k', 'window'\]; received \['top_k'\]"):
+    with pytest.raises(
+        ValueError, match=r"AdaSwitch takes \['divergence', 'k', 'window'\]; received \['top_k'\]"
+    ):
         strategies.get("adaswitch", top_k=3)
 
 
@@ -150,7 +154,9 @@ def test_get_by_name_with_arguments():
 def test_every_registered_strategy_round_trips_its_config(strategy):
     again = type(strategy).from_config(strategy.get_config())
     assert repr(again) == repr(strategy)
-    assert strategies.get(strategy.name, **strategy.get_config()).get_config() == strategy.get_config()
+    assert (
+        strategies.get(strategy.name, **strategy.get_config()).get_config() == strategy.get_config()
+    )
 
 
 def test_the_custom_strategy_of_the_docstring_registers_and_rolls_out(pair, batch):
@@ -162,9 +168,13 @@ def test_the_custom_strategy_of_the_docstring_registers_and_rolls_out(pair, batc
         exec(code, namespace)
         distiller = namespace["distiller"]
         assert isinstance(distiller.strategy, namespace["Unsure"])
-        out = distiller.rollout({k: batch[k] for k in ("token_ids", "padding_mask", "response_mask")})
+        out = distiller.rollout(
+            {k: batch[k] for k in ("token_ids", "padding_mask", "response_mask")}
+        )
         out = {k: ops.convert_to_numpy(v) for k, v in out.items()}
-        rule = ops.convert_to_numpy(distiller.strategy.teacher_writes(out["scores"], out["response_mask"]))
+        rule = ops.convert_to_numpy(
+            distiller.strategy.teacher_writes(out["scores"], out["response_mask"])
+        )
         np.testing.assert_array_equal(out["teacher_token_mask"], rule)
         assert 0 < rule.sum() < out["response_mask"].sum()
     finally:

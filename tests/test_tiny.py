@@ -16,7 +16,9 @@ def test_architecture_distils_with_adaswitch(architecture):
     tokenizer = ak.tiny.tokenizer(architecture)
     teacher = ak.tiny.causal_lm(architecture, num_layers=2, tokenizer=tokenizer, sequence_length=40)
     student = ak.tiny.causal_lm(architecture, num_layers=1, tokenizer=tokenizer, sequence_length=40)
-    distiller = ak.Distiller(teacher, student, strategy=ak.AdaSwitch(window=2, k=1.5), max_new_tokens=8)
+    distiller = ak.Distiller(
+        teacher, student, strategy=ak.AdaSwitch(window=2, k=1.5), max_new_tokens=8
+    )
     distiller.compile(optimizer="adam")
     history = distiller.fit(arithmetic_pairs(4), batch_size=4, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] > 0
@@ -30,7 +32,10 @@ def test_preset_round_trip_keeps_logits(tmp_path, pair):
     np.testing.assert_allclose(
         ops.convert_to_numpy(loaded(inputs)), ops.convert_to_numpy(student(inputs)), atol=1e-6
     )
-    assert loaded.preprocessor.tokenizer.vocabulary_size() == student.preprocessor.tokenizer.vocabulary_size()
+    assert (
+        loaded.preprocessor.tokenizer.vocabulary_size()
+        == student.preprocessor.tokenizer.vocabulary_size()
+    )
 
 
 def test_unknown_architecture_is_a_clear_error():

@@ -39,8 +39,11 @@ WINDOW, K = 5, 2.0
 teacher = keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-teacher"))
 student = keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-student"))
 distiller = ak.Distiller(
-    teacher, student, strategy=ak.AdaSwitch(window=WINDOW, k=K),
-    max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=1,
+    teacher,
+    student,
+    strategy=ak.AdaSwitch(window=WINDOW, k=K),
+    max_new_tokens=ak.presets.MAX_NEW_TOKENS,
+    seed=1,
 )
 prompts = ak.data.load("arithmetic", "test", limit=8, **ak.presets.TASK)
 
@@ -111,7 +114,9 @@ detokenize = student.preprocessor.tokenizer.detokenize
 
 def highlight(row):
     text, inside = [], False
-    for token, is_response, by_teacher in zip(out["token_ids"][row], response[row], teacher_wrote[row]):
+    for token, is_response, by_teacher in zip(
+        out["token_ids"][row], response[row], teacher_wrote[row]
+    ):
         if not is_response:
             continue
         if by_teacher and not inside:

@@ -30,7 +30,6 @@
 
 # %%
 import os
-import time
 
 import keras
 import keras_hub
@@ -63,17 +62,26 @@ results = []
 for strategy in STRATEGIES:
     keras.utils.set_random_seed(0)
     student = keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-student"))
-    distiller = ak.Distiller(teacher, student, strategy=strategy,
-                             max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=0)
+    distiller = ak.Distiller(
+        teacher, student, strategy=strategy, max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=0
+    )
     distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
     clock = ak.callbacks.StepTimer()
-    logs = distiller.fit(train, batch_size=32, epochs=1, steps_per_epoch=STEPS,
-                         callbacks=[clock], verbose=0).history
-    accuracy = ak.evaluate(student, "arithmetic", examples=test, batch_size=64, verbose=0)["accuracy"]
-    results.append({
-        "strategy": repr(strategy), "accuracy": accuracy, "seconds": clock.median(),
-        "teacher_tokens": logs["teacher_token_fraction"][-1], "switch_rate": logs["switch_rate"][-1],
-    })
+    logs = distiller.fit(
+        train, batch_size=32, epochs=1, steps_per_epoch=STEPS, callbacks=[clock], verbose=0
+    ).history
+    accuracy = ak.evaluate(student, "arithmetic", examples=test, batch_size=64, verbose=0)[
+        "accuracy"
+    ]
+    results.append(
+        {
+            "strategy": repr(strategy),
+            "accuracy": accuracy,
+            "seconds": clock.median(),
+            "teacher_tokens": logs["teacher_token_fraction"][-1],
+            "switch_rate": logs["switch_rate"][-1],
+        }
+    )
     print(f"{results[-1]['strategy']:<40} accuracy {accuracy:.3f}")
 
 # %% [markdown]
@@ -85,8 +93,10 @@ print(f"{STEPS} steps each, batch 32, backend {keras.backend.backend()}\n")
 print("| strategy | accuracy | step time / OnPolicy | switch rate | teacher-token fraction |")
 print("|---|---|---|---|---|")
 for r in results:
-    print(f"| {r['strategy']} | {r['accuracy']:.3f} | {r['seconds'] / on_policy:.2f}x "
-          f"| {r['switch_rate']:.2f} | {r['teacher_tokens']:.2f} |")
+    print(
+        f"| {r['strategy']} | {r['accuracy']:.3f} | {r['seconds'] / on_policy:.2f}x "
+        f"| {r['switch_rate']:.2f} | {r['teacher_tokens']:.2f} |"
+    )
 
 # %% [markdown]
 # ## When to pick which

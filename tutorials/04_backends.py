@@ -107,8 +107,9 @@ np.savez(os.path.join(folder, "batch.npz"), **{k: np.asarray(v) for k, v in pack
 results = {}
 for backend in BACKENDS:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(STEPS), folder],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(STEPS), folder], env=env, capture_output=True, text=True
+    )
     if done.returncode:
         raise RuntimeError(f"{backend} failed:\n{done.stderr[-3000:]}")
     results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,8 +123,10 @@ print(f"AdaSwitch, batch 32, 48 new tokens, {STEPS} steps\n")
 print("| backend | warm step | first step (compile) | rollout tokens/s | final loss |")
 print("|---|---|---|---|---|")
 for backend, r in results.items():
-    print(f"| {backend} | {r['step_seconds'] * 1000:.0f} ms | {r['first_step_seconds']:.1f} s "
-          f"| {r['rollout_tokens_per_second']:,.0f} | {r['final_loss']:.4f} |")
+    print(
+        f"| {backend} | {r['step_seconds'] * 1000:.0f} ms | {r['first_step_seconds']:.1f} s "
+        f"| {r['rollout_tokens_per_second']:,.0f} | {r['final_loss']:.4f} |"
+    )
 
 # %% [markdown]
 # The final losses differ a little: each backend draws its own random numbers
@@ -136,4 +139,7 @@ for backend, r in results.items():
     for key in ("parity_loss", "parity_loss_after_step"):
         assert abs(r[key] - reference[key]) < 1e-4, (backend, key, r[key], reference[key])
 print("supervised-KD step: loss", {b: round(r["parity_loss"], 6) for b, r in results.items()})
-print("after one SGD step:     ", {b: round(r["parity_loss_after_step"], 6) for b, r in results.items()})
+print(
+    "after one SGD step:     ",
+    {b: round(r["parity_loss_after_step"], 6) for b, r in results.items()},
+)

@@ -60,7 +60,12 @@ as_tfds = tfds.load("my_arithmetic", split="train", data_dir=data_dir).repeat()
 
 distiller = ak.Distiller(teacher, student, max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=0)
 distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
-for name, data in [("list", as_list), ("dict", as_dict), ("tf.data", as_tf_data), ("TFDS", as_tfds)]:
+for name, data in [
+    ("list", as_list),
+    ("dict", as_dict),
+    ("tf.data", as_tf_data),
+    ("TFDS", as_tfds),
+]:
     logs = distiller.fit(data, batch_size=16, epochs=1, steps_per_epoch=2, verbose=0).history
     print(f"{name:>8}: loss {logs['loss'][-1]:.4f}")
 
@@ -117,8 +122,13 @@ class ConfidenceSwitch(ak.Strategy):
 # %%
 keras.utils.set_random_seed(0)
 student = keras_hub.models.CausalLM.from_preset(ak.presets.path("arithmetic-student"))
-distiller = ak.Distiller(teacher, student, strategy=ConfidenceSwitch(0.5),
-                         max_new_tokens=ak.presets.MAX_NEW_TOKENS, seed=0)
+distiller = ak.Distiller(
+    teacher,
+    student,
+    strategy=ConfidenceSwitch(0.5),
+    max_new_tokens=ak.presets.MAX_NEW_TOKENS,
+    seed=0,
+)
 distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
 logs = distiller.fit(as_list, batch_size=16, epochs=1, steps_per_epoch=STEPS, verbose=2).history
 
@@ -136,5 +146,7 @@ assert not teacher_part.any() or confidence[teacher_part.argmax()] < 0.5
 # rows with an `answer`; for summaries, `"dialogsum"` needs `references`.
 
 # %%
-predictions = ak.evaluation.generate(student, [r["prompts"] for r in rows[:16]], batch_size=16, verbose=0)
+predictions = ak.evaluation.generate(
+    student, [r["prompts"] for r in rows[:16]], batch_size=16, verbose=0
+)
 print(ak.evaluation.score("arithmetic", predictions, rows[:16]))

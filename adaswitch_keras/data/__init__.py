@@ -33,7 +33,9 @@ def load(task, split="train", *, data_dir=None, limit=None, chat=False, **option
     if task == "arithmetic":
         rows = arithmetic.generate(split, **{"size": limit, **options})
     elif options:
-        raise ValueError(f"{task} takes no options {sorted(options)}; only the arithmetic task does.")
+        raise ValueError(
+            f"{task} takes no options {sorted(options)}; only the arithmetic task does."
+        )
     else:
         rows = getattr(files, task)(split, data_dir)
     return [format_row(task, row, chat) for row in rows[:limit]]

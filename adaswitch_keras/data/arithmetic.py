@@ -51,7 +51,9 @@ def problem(rng, steps=2, max_operand=20, operations="+-", distractors=0):
     return {"question": " ".join(sentences), "solution": "\n".join(lines), "answer": str(value)}
 
 
-def generate(split="train", size=None, *, steps=2, max_operand=20, operations="+-", distractors=0, seed=0):
+def generate(
+    split="train", size=None, *, steps=2, max_operand=20, operations="+-", distractors=0, seed=0
+):
     """`size` distinct problems of one split (default 20,000 train / 500 test)."""
     if split not in SPLITS:
         raise ValueError(f"The arithmetic task has splits {SPLITS}; received {split!r}.")

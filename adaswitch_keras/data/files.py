@@ -51,7 +51,9 @@ def gsm8k(split, data_dir):
     rows = []
     for row in read_jsonl("gsm8k", split, data_dir):
         solution = strip_calculator_annotations(row["answer"])
-        rows.append({"question": row["question"], "solution": solution, "answer": final_answer(solution)})
+        rows.append(
+            {"question": row["question"], "solution": solution, "answer": final_answer(solution)}
+        )
     return rows
 
 
