@@ -10,6 +10,14 @@ PANELS = (
 )
 
 
+def subplots(*args, **kwargs):
+    """`pyplot.subplots` without pyplot: a Figure of its own, so nothing global
+    changes and no display is needed; save it with `figure.savefig`."""
+    figsize = kwargs.pop("figsize", None)
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*args, **kwargs)
+
+
 def plot_history(history, path, steps_per_epoch=1, title=None):
     """One panel per logged metric of a Keras `History.history`, as a PNG.
 
@@ -19,9 +27,9 @@ def plot_history(history, path, steps_per_epoch=1, title=None):
     panels = [(key, label) for key, label in PANELS if history.get(key)]
     if not panels:
         raise ValueError(f"Nothing to plot: the history has only {sorted(history)}.")
-    # A Figure of its own (no pyplot): nothing global changes, no display needed.
-    figure = Figure(figsize=(7, 2.2 * len(panels)))
-    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)
+    figure, axes = subplots(
+        len(panels), 1, sharex=True, squeeze=False, figsize=(7, 2.2 * len(panels))
+    )
     for axis, (key, label) in zip(axes[:, 0], panels):
         values = history[key]
         axis.plot([(i + 1) * steps_per_epoch for i in range(len(values))], values, marker=".")

@@ -32,7 +32,7 @@ import numpy as np
 import adaswitch_keras as ak
 from adaswitch_keras import presets
 from adaswitch_keras.callbacks import TaskEvaluation
-from adaswitch_keras.plotting import plt
+from adaswitch_keras.plotting import subplots
 
 STRATEGIES = {
     "SFT": ak.strategies.SFT,
@@ -193,7 +193,7 @@ def summarize(results, baseline):
 
 def plot(results, output):
     runs = results["runs"]
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = subplots(figsize=(8, 5))
     for name in dict.fromkeys(r["strategy"] for r in runs):
         curves = [r["accuracy_vs_step"] for r in runs if r["strategy"] == name]
         steps = [0] + [p["step"] for p in curves[0]]
@@ -208,11 +208,10 @@ def plot(results, output):
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(os.path.join(output, "accuracy_vs_step.png"), dpi=120)
-    plt.close(figure)
 
     adaswitch = [r for r in runs if r["strategy"].startswith("AdaSwitch")]
     every = results["settings"]["eval_every"]
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    figure, axes = subplots(1, 3, figsize=(14, 4))
     for r in adaswitch:
         steps = [(i + 1) * every for i in range(len(r["history"]["divergence"]))]
         axes[0].plot(steps, r["history"]["divergence"], marker=".", label=f"seed {r['seed']}")
@@ -242,10 +241,9 @@ def plot(results, output):
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(os.path.join(output, "adaswitch_dynamics.png"), dpi=120)
-    plt.close(figure)
 
     labels = [f"L={r['window']}, K={r['k']}" for r in results["sweep"]]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    figure, axes = subplots(1, 2, figsize=(10, 3.6))
     for axis, key, title in (
         (axes[0], "accuracy", "test accuracy"),
         (axes[1], "switch_rate", "switch rate"),
@@ -259,7 +257,6 @@ def plot(results, output):
         axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     figure.savefig(os.path.join(output, "sweep.png"), dpi=120)
-    plt.close(figure)
 
 
 def main(argv=None):

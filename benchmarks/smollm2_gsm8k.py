@@ -173,7 +173,7 @@ def main(argv=None):
 
     import adaswitch_keras as ak
     from adaswitch_keras import convert
-    from adaswitch_keras.plotting import plt
+    from adaswitch_keras.plotting import subplots
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,7 +233,7 @@ def main(argv=None):
             json.dump(results, f, indent=1, default=float)
         with open(os.path.join(args.output, "table.md"), "w") as f:
             f.write(table(results))
-        plot(results, os.path.join(args.output, "curves.png"), plt)
+        plot(results, os.path.join(args.output, "curves.png"), subplots)
 
     # -- models and data ------------------------------------------------------
     clock = time.perf_counter()
@@ -539,12 +539,12 @@ def table(results):
     return "\n".join(lines) + "\n"
 
 
-def plot(results, path, plt):
+def plot(results, path, subplots):
     stages = results["stages"]
     trained = [n for n in STRATEGY_NAMES if "train" in stages.get(n, {})]
     if "warmup" not in stages:
         return
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
+    figure, axes = subplots(1, 4, figsize=(18, 4))
     warm = stages["warmup"]["train"]["history"]
     axes[0].plot(
         range(1, len(warm["loss"]) + 1), warm["loss"], marker=".", label="SFT cross-entropy"
@@ -570,7 +570,6 @@ def plot(results, path, plt):
     figure.suptitle("SmolLM2-135M-Instruct -> 10-block student on GSM8K (one value per step)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 if __name__ == "__main__":
