@@ -5,9 +5,13 @@ from adaswitch_keras import convert  # registers the GGUF model classes for from
 from adaswitch_keras import data
 from adaswitch_keras import divergences
 from adaswitch_keras import evaluation
+from adaswitch_keras import lora
+from adaswitch_keras import optimizers
+from adaswitch_keras import pipeline
 from adaswitch_keras import preprocessing
 from adaswitch_keras import presets
 from adaswitch_keras import strategies
+from adaswitch_keras import teacher_cache
 from adaswitch_keras import tiny
 from adaswitch_keras.distiller import Distiller
 from adaswitch_keras.evaluation import evaluate

@@ -2,10 +2,10 @@
 before Keras' own `train_step` takes the gradient step, or as `predict_step`.
 
 JAX's steps (`train_step(state, data)`, `predict_step(state, data)`) are
-stateless, so the rollout reads the variables from `state` and hands back the
-advanced seed; PyTorch needs `no_grad`; TensorFlow records nothing outside
-its `GradientTape`. Every backend leaves the weights and the optimizer
-state as they were on a step whose gradients are not all finite.
+stateless, so the rollout (and `Distiller.begin_step`, which sets scheduled
+values from the optimizer's step) reads the variables from `state` and hands
+back the advanced seed; PyTorch needs `no_grad`; TensorFlow records nothing
+outside its `GradientTape`.
 """
 
 import contextlib
@@ -26,8 +26,10 @@ def train_step(distiller, *args):
 
         with torch.no_grad():
             data = distiller.rollout(data, distiller.reuse_teacher_logits)
+            distiller.begin_step()
     else:
         data = distiller.rollout(data, distiller.reuse_teacher_logits)
+        distiller.begin_step()
     return keras.Model.train_step(distiller, data)
 
 
@@ -49,19 +51,30 @@ def predict_step(distiller, *args):
 def _jax_train_step(distiller, state, data):
     trainable, non_trainable, optimizer_variables, metrics_variables = state
     data, non_trainable = _jax_rollout(
-        distiller, trainable, non_trainable, data, distiller.reuse_teacher_logits
+        distiller,
+        trainable,
+        non_trainable,
+        data,
+        distiller.reuse_teacher_logits,
+        optimizer_variables,
     )
     state = (trainable, non_trainable, optimizer_variables, metrics_variables)
     return keras.Model.train_step(distiller, state, data)
 
 
-def _jax_rollout(distiller, trainable, non_trainable, data, keep_teacher_logits=False):
+def _jax_rollout(
+    distiller, trainable, non_trainable, data, keep_teacher_logits=False, optimizer_variables=None
+):
     """The rollout on the variable values of a JAX state, and the new
-    non-trainable values (the advanced seed)."""
+    non-trainable values (the advanced seed; scheduled values, in training)."""
     mapping = list(zip(distiller.trainable_variables, trainable))
     mapping += list(zip(distiller.non_trainable_variables, non_trainable))
+    if optimizer_variables is not None:
+        mapping += list(zip(distiller.optimizer.variables, optimizer_variables))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         generated = distiller.rollout(_inputs(data), keep_teacher_logits)
+        if optimizer_variables is not None:
+            distiller.begin_step()
     non_trainable = [
         _current(scope, variable, value)
         for variable, value in zip(distiller.non_trainable_variables, non_trainable)

@@ -9,6 +9,7 @@ from keras import ops
 
 from adaswitch_keras import _backend
 from adaswitch_keras import divergences
+from adaswitch_keras import lora
 from adaswitch_keras import strategies
 from adaswitch_keras.optimizers import SkipNonFiniteUpdates
 from adaswitch_keras.pipeline import Pipeline
@@ -18,6 +19,9 @@ from adaswitch_keras.preprocessing import PromptResponsePacker
 from adaswitch_keras.rollout import get_sampler
 from adaswitch_keras.rollout import rollout
 
+# The teacher's work per step, as the rollout counts it (`rollout.rollout`).
+TEACHER_WORK = ("teacher_calls", "teacher_prefilled", "teacher_scored", "teacher_decoded")
+
 
 class Distiller(keras.Model):
     """Distil a KerasHub `teacher` causal LM into a `student`.
@@ -25,12 +29,21 @@ class Distiller(keras.Model):
     Each training step (1) writes the responses with `strategy` in a joint
     rollout of both models, without gradients; (2) takes one gradient step on
     the student's mean token-level divergence to the teacher over response
-    tokens; (3) logs `loss`, `divergence`, `switch_rate`,
-    `teacher_token_fraction` and `switch_position`.
+    tokens, mixed with a cross-entropy term if `cross_entropy_weight` says
+    so; (3) logs `loss`, `divergence`, `cross_entropy`, `switch_rate`,
+    `teacher_token_fraction`, `switch_position` and the teacher's work
+    (`teacher_calls`, and the tokens it `teacher_prefilled`,
+    `teacher_scored` and `teacher_decoded`, per step).
 
     Args:
         teacher: a `keras_hub.models.CausalLM` with a preprocessor; frozen.
+            `None` for an offline teacher: strategies that train on ground
+            truth then read the teacher's top-k log-probabilities from the
+            batches (`teacher_cache.dataset`).
         student: a `keras_hub.models.CausalLM` with the teacher's tokenizer.
+            For a LoRA student, call `lora.enable(student, rank)` before
+            `compile`: only the LoRA factors train, checkpoints keep them
+            exactly, and `student.save_to_preset` writes the merged weights.
         strategy: a `Strategy` or its name; `AdaSwitch()` by default.
         divergence: a kind of `divergences.token_divergence`.
         beta: JSD's beta (`divergence="jsd"`).
@@ -47,6 +60,14 @@ class Distiller(keras.Model):
         reuse_teacher_logits: train on the teacher logits the rollout
             computed instead of a second teacher forward. They take
             B x T x V values of memory; `False` recomputes them.
+        cross_entropy_weight: w in loss = (1 - w) divergence + w
+            cross-entropy, each the mean over its tokens: the divergence over
+            the response, the cross-entropy over the response tokens the
+            student did not write (ground truth or the teacher's). A float,
+            or a `keras.optimizers.schedules.LearningRateSchedule` of the
+            optimizer's step (e.g. `PolynomialDecay(0.5, 1000, 0.0)` for a
+            linear decay, `CosineDecay(0.5, 1000)`). Strategies whose loss is
+            cross-entropy (SFT, SeqKD) have w = 1.
     """
 
     def __init__(
@@ -65,10 +86,12 @@ class Distiller(keras.Model):
         seed=None,
         draft_length=None,
         reuse_teacher_logits=True,
+        cross_entropy_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_models(teacher, student)
+        self.strategy = strategies.get(strategy)
+        _check_models(teacher, student, self.strategy, temperature)
         self.vocabulary_size = shared_vocabulary_size(teacher, student)
         divergences.token_divergence(  # validates kind, beta, alpha, temperature
             ops.zeros((1, 2)),
@@ -78,13 +101,18 @@ class Distiller(keras.Model):
             alpha=alpha,
             temperature=temperature,
         )
-        self.strategy = strategies.get(strategy)
         self.divergence, self.beta, self.alpha, self.temperature = (
             divergence,
             beta,
             alpha,
             temperature,
         )
+        self.cross_entropy_weight = _checked_weight(cross_entropy_weight, self.strategy)
+        self.scheduled_weight = None  # its value at the current step, for a schedule
+        if isinstance(self.cross_entropy_weight, keras.optimizers.schedules.LearningRateSchedule):
+            self.scheduled_weight = keras.Variable(
+                self.cross_entropy_weight(0), trainable=False, name="cross_entropy_weight"
+            )
         self.max_new_tokens = _checked_max_new_tokens(max_new_tokens, teacher, student)
         self.draft_length = self.strategy.draft_length if draft_length is None else draft_length
         if not (isinstance(self.draft_length, int) and self.draft_length >= 1):
@@ -93,19 +121,24 @@ class Distiller(keras.Model):
             )
         self.reuse_teacher_logits = reuse_teacher_logits
         self.teacher, self.student = teacher, student
-        self.teacher.trainable = False
+        if teacher is not None:
+            self.teacher.trainable = False
         self.student_sampler = get_sampler(student_sampler)
         self.teacher_sampler = get_sampler(teacher_sampler)
         self.packer = PromptResponsePacker(student.preprocessor, self.max_new_tokens)
         self.pipeline = Pipeline(self.packer, seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-        self.divergence_tracker = keras.metrics.Mean(name="divergence")
+        self.loss_trackers = [
+            keras.metrics.Mean(name="divergence"),
+            keras.metrics.Mean(name="cross_entropy"),
+        ]
         self.rollout_trackers = [
             keras.metrics.Mean(name="switch_rate"),
             keras.metrics.Mean(name="teacher_token_fraction"),
             keras.metrics.Mean(name="switch_position"),
         ]
+        self.teacher_trackers = [keras.metrics.Mean(name=name) for name in TEACHER_WORK]
         _build_preprocessors(teacher, student)
         # Teacher and student come built, and the Distiller has no weights of
         # its own: `load_weights` and `BackupAndRestore` may run before `fit`.
@@ -134,7 +167,7 @@ class Distiller(keras.Model):
     def rollout(self, inputs, keep_teacher_logits=False):
         """Responses written by the strategy (see `rollout.rollout`)."""
         check_batch(inputs)
-        return rollout(
+        generated = rollout(
             inputs,
             student=self.student,
             teacher=self.teacher,
@@ -149,6 +182,14 @@ class Distiller(keras.Model):
             draft_length=self.draft_length,
             keep_teacher_logits=keep_teacher_logits,
         )
+        # An offline teacher's top-k go along with the ground truth they belong to.
+        return {**generated, **{k: inputs[k] for k in divergences.TOP_K_KEYS if k in inputs}}
+
+    def begin_step(self):
+        """Before a training step's loss: scheduled values at the optimizer's step."""
+        if self.scheduled_weight is not None:
+            step = self.optimizer.iterations
+            self.scheduled_weight.assign(ops.cast(self.cross_entropy_weight(step), "float32"))
 
     def train_step(self, *args):
         return _backend.train_step(self, *args)
@@ -158,43 +199,69 @@ class Distiller(keras.Model):
 
     # -- 2. loss --------------------------------------------------------------
     def call(self, inputs, training=False):
-        """Per-token loss and divergence `[B, T-1]` (position t predicts t+1)."""
+        """Per-token divergence and cross-entropy `[B, T-1]` (position t
+        predicts token t+1)."""
         check_batch(inputs)
         model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
         student_logits = self.student(model_inputs, training=training)
         student_logits = student_logits[:, :-1, : self.vocabulary_size]
+        targets = ops.expand_dims(inputs["token_ids"][:, 1:], -1)
+        log_probs = divergences.log_probs(student_logits)
+        cross_entropy = -ops.take_along_axis(log_probs, targets, axis=-1)[..., 0]
+        return {
+            "divergence": self.divergence_to_teacher(inputs, student_logits),
+            "cross_entropy": cross_entropy,
+        }
+
+    def divergence_to_teacher(self, inputs, student_logits):
+        """The token divergence `[B, T-1]`, from the best teacher source the
+        batch has: the rollout's teacher logits, an offline teacher's top-k,
+        or a teacher forward."""
+        if divergences.TOP_K_KEYS[0] in inputs:  # an offline teacher (teacher_cache)
+            ids, log_probs = (inputs[key][:, 1:] for key in divergences.TOP_K_KEYS)
+            return divergences.top_k_divergence(
+                log_probs, ids, student_logits, self.divergence, beta=self.beta, alpha=self.alpha
+            )
         if "teacher_logits" in inputs:  # kept by the rollout: column t+1 is predicted at t
             teacher_logits = inputs["teacher_logits"][:, 1:]
+        elif self.teacher is None:
+            raise ValueError(
+                "The Distiller has no teacher (teacher=None) and the batch no "
+                f"{divergences.TOP_K_KEYS}: train on `teacher_cache.dataset(path)`."
+            )
         else:
-            teacher_logits = self.teacher(model_inputs, training=False)[
-                :, :-1, : self.vocabulary_size
-            ]
-        teacher_logits = ops.stop_gradient(teacher_logits)
-        divergence = divergences.token_divergence(
-            teacher_logits,
+            model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
+            teacher_logits = self.teacher(model_inputs, training=False)
+            teacher_logits = teacher_logits[:, :-1, : self.vocabulary_size]
+        return divergences.token_divergence(
+            ops.stop_gradient(teacher_logits),
             student_logits,
             self.divergence,
             beta=self.beta,
             alpha=self.alpha,
             temperature=self.temperature,
         )
-        if self.strategy.loss == "cross_entropy":
-            targets = ops.expand_dims(inputs["token_ids"][:, 1:], -1)
-            log_probs = divergences.log_probs(student_logits)
-            loss = -ops.take_along_axis(log_probs, targets, axis=-1)[..., 0]
-        else:
-            loss = divergence
-        return {"loss": loss, "divergence": divergence}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Mean over the batch's response tokens (prompt and padding excluded)."""
-        return divergences.masked_mean(y_pred["loss"], x["response_mask"][:, 1:])
+        """(1 - w) x the mean divergence over response tokens + w x the mean
+        cross-entropy over the response tokens the student did not write."""
+        divergence = divergences.masked_mean(y_pred["divergence"], x["response_mask"][:, 1:])
+        cross_entropy = divergences.masked_mean(y_pred["cross_entropy"], _not_by_student(x)[:, 1:])
+        if self.scheduled_weight is not None:  # at the last training step
+            weight = self.scheduled_weight
+        elif self.cross_entropy_weight in (0.0, 1.0):  # one term alone: no 0 x NaN from the other
+            return cross_entropy if self.cross_entropy_weight else divergence
+        else:
+            weight = self.cross_entropy_weight
+        return (1.0 - weight) * divergence + weight * cross_entropy
 
     # -- 3. metrics -----------------------------------------------------------
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        target_mask = ops.cast(x["response_mask"][:, 1:], "float32")
-        self.divergence_tracker.update_state(y_pred["divergence"], sample_weight=target_mask)
-        logs = {"loss": self._loss_tracker.result(), "divergence": self.divergence_tracker.result()}
+        divergence, cross_entropy = self.loss_trackers
+        divergence.update_state(y_pred["divergence"], sample_weight=x["response_mask"][:, 1:])
+        cross_entropy.update_state(y_pred["cross_entropy"], sample_weight=_not_by_student(x)[:, 1:])
+        logs = {"loss": self._loss_tracker.result()}
+        logs.update({m.name: m.result() for m in self.loss_trackers})
         if "teacher_token_mask" not in x:  # evaluation on ground truth
             return logs
         response = ops.cast(x["response_mask"], "float32")
@@ -207,7 +274,22 @@ class Distiller(keras.Model):
         teacher_fraction.update_state(teacher, sample_weight=response)
         switch_position.update_state(position, sample_weight=switched)
         logs.update({m.name: m.result() for m in self.rollout_trackers})
+        for tracker, value in zip(self.teacher_trackers, self.teacher_work(x)):
+            tracker.update_state(value)
+            logs[tracker.name] = tracker.result()
         return logs
+
+    def teacher_work(self, x):
+        """The teacher's work in this step, as `TEACHER_WORK` names it: its
+        calls, and the tokens of the whole batch it prefilled, scored (its
+        drafts verified, and a forward for the loss) and decoded."""
+        batch, length = ops.shape(x["token_ids"])
+        work = [ops.cast(ops.max(x[name]), "float32") for name in TEACHER_WORK]
+        work = [work[0]] + [value * ops.cast(batch, "float32") for value in work[1:]]
+        if self.teacher is not None and "teacher_logits" not in x:  # a forward for the loss
+            work[0] = work[0] + 1.0
+            work[2] = work[2] + ops.cast(batch * length, "float32")
+        return work
 
     # -- fit() glue: strings in, packed token ids out -------------------------
     def fit(self, x=None, batch_size=None, callbacks=None, validation_data=None, **kwargs):
@@ -284,17 +366,28 @@ class Distiller(keras.Model):
         """Packed batches of prompt/response data (`pipeline.Pipeline.dataset`)."""
         return self.pipeline.dataset(data, batch_size, needs_responses)
 
-    # -- saving: the rollout seed travels with the weights --------------------
+    # -- saving: the rollout seed and LoRA factors travel with the weights ----
     def save_own_variables(self, store):
         """Weights files (`save_weights`, `ModelCheckpoint`, `BackupAndRestore`)
         also keep the rollout seed's state, so a restored run samples the
-        same rollouts as one never stopped."""
+        same rollouts as one never stopped, and a LoRA student's factors and
+        unmerged kernels (Keras saves merged kernels, see `lora.py`)."""
         super().save_own_variables(store)
         store["rollout_seed_state"] = self.seed_generator.state
+        for name, value in lora.lora_state(self.student).items():
+            store[name] = value
 
     def load_own_variables(self, store):
         if "rollout_seed_state" in store.keys():
             self.seed_generator.state.assign(store["rollout_seed_state"])
+        # Read now, put back after the student's layers have loaded (`load_weights`).
+        self._lora_state = {key: store[key][...] for key in store.keys() if key.startswith("lora_")}
+
+    def load_weights(self, filepath, *args, **kwargs):
+        self._lora_state = {}
+        super().load_weights(filepath, *args, **kwargs)
+        if self._lora_state:
+            lora.restore_lora_state(self.student, self._lora_state)
 
 
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -319,8 +412,11 @@ def shared_vocabulary_size(teacher, student):
     """The tokenizer vocabulary both models share; logits are sliced to it.
 
     Embedding tables may be padded to different sizes (e.g. 152064 vs 151936)
-    over one tokenizer; different tokenizers are an error.
+    over one tokenizer; different tokenizers are an error. Without a teacher
+    (an offline one), the student's.
     """
+    if teacher is None:
+        return student.preprocessor.tokenizer.vocabulary_size()
     teacher_tokenizer = teacher.preprocessor.tokenizer
     student_tokenizer = student.preprocessor.tokenizer
     teacher_size = teacher_tokenizer.vocabulary_size()
@@ -351,8 +447,22 @@ def _token_ids(tokenizer):
     return dict(zip(vocabulary, map(tokenizer.token_to_id, vocabulary)))
 
 
-def _check_models(teacher, student):
+def _check_models(teacher, student, strategy, temperature):
+    if teacher is None:
+        if strategy.decoders:
+            raise ValueError(
+                f"{strategy!r} decodes with {strategy.decoders}: it needs a teacher model. "
+                "An offline teacher (teacher=None) serves strategies that train on "
+                "ground truth, e.g. SupervisedKD."
+            )
+        if temperature != 1.0:
+            raise ValueError(
+                "An offline teacher's cache holds temperature-1 log-probabilities: "
+                f"use temperature=1.0. Received: temperature={temperature}"
+            )
     for role, model in (("teacher", teacher), ("student", student)):
+        if role == "teacher" and model is None:
+            continue
         if not isinstance(model, keras_hub.models.CausalLM) or model.preprocessor is None:
             raise ValueError(
                 f"`{role}` must be a keras_hub.models.CausalLM with a "
@@ -378,7 +488,7 @@ def _checked_max_new_tokens(max_new_tokens, teacher, student):
             f"Received: max_new_tokens={max_new_tokens}"
         )
     for role, model in (("teacher", teacher), ("student", student)):
-        positions = getattr(model.backbone, "max_sequence_length", None)
+        positions = getattr(getattr(model, "backbone", None), "max_sequence_length", None)
         if positions is not None and positions < sequence_length:
             raise ValueError(
                 f"The {role} has {positions} positions (max_sequence_length), "
@@ -388,11 +498,34 @@ def _checked_max_new_tokens(max_new_tokens, teacher, student):
     return max_new_tokens
 
 
+def _checked_weight(weight, strategy):
+    """The cross-entropy weight: 1 for strategies whose loss is
+    cross-entropy, else a float in [0, 1] or a schedule."""
+    if strategy.loss == "cross_entropy":
+        return 1.0
+    if isinstance(weight, keras.optimizers.schedules.LearningRateSchedule):
+        return weight
+    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+        raise ValueError(
+            "`cross_entropy_weight` must be a float in [0, 1] or a "
+            f"keras.optimizers.schedules.LearningRateSchedule. Received: {weight!r}"
+        )
+    return float(weight)
+
+
+def _not_by_student(x):
+    """Response tokens the student did not write: ground truth or the teacher's."""
+    by_student = x.get("student_token_mask", ops.zeros_like(x["response_mask"]))
+    return ops.logical_and(
+        ops.cast(x["response_mask"], "bool"), ops.logical_not(ops.cast(by_student, "bool"))
+    )
+
+
 def _build_preprocessors(teacher, student):
     """Build the preprocessors: they run in tf.data, never in a step, and
     while a tracked layer is unbuilt Keras traces the whole Distiller again
     on every `train_on_batch` call."""
-    for preprocessor in (teacher.preprocessor, student.preprocessor):
+    for preprocessor in [m.preprocessor for m in (teacher, student) if m is not None]:
         if not preprocessor.built:
             preprocessor.build(None)  # creates its packer
         for layer in preprocessor._flatten_layers():

@@ -9,6 +9,10 @@ import math
 
 from keras import ops
 
+# An offline teacher's batch keys (`teacher_cache`): its top-k token ids and
+# log-probabilities, `[B, T, k]`, column c for the token at c.
+TOP_K_KEYS = ("teacher_top_k_ids", "teacher_top_k_log_probs")
+
 KINDS = (
     "forward_kl",
     "reverse_kl",
@@ -114,6 +118,49 @@ def token_divergence(
         )
     log_p = log_probs(teacher_logits, temperature)
     log_q = log_probs(student_logits, temperature)
+    return _of_kind(kind, log_p, log_q, beta, alpha)
+
+
+def top_k_divergence(
+    teacher_top_k_log_probs,
+    teacher_top_k_ids,
+    student_logits,
+    kind="forward_kl",
+    *,
+    beta=0.5,
+    alpha=0.1,
+):
+    """Per-token divergence from the teacher's top-k log-probabilities alone.
+
+    Both distributions are reduced to k + 1 buckets: the teacher's k most
+    likely tokens, and one tail bucket holding the rest of each model's mass,
+    log(1 - sum_{v in top-k} p_v), as DistillKit and MaxText do; then `kind`
+    is taken over the buckets. With k = V the tail is empty and this equals
+    `token_divergence` at temperature 1 (the cache holds temperature-1
+    log-probabilities, so no other temperature can be applied).
+
+    Args:
+        teacher_top_k_log_probs: `[..., k]`, log-softmax over the whole vocabulary.
+        teacher_top_k_ids: `[..., k]`, the tokens they belong to.
+        student_logits: `[..., V]`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown divergence {kind!r}. Choose one of {KINDS}.")
+    log_q_all = log_probs(student_logits)
+    ids = ops.cast(teacher_top_k_ids, "int32")
+    log_p = _with_tail(ops.cast(teacher_top_k_log_probs, "float32"))
+    log_q = _with_tail(ops.take_along_axis(log_q_all, ids, axis=-1))
+    return _of_kind(kind, log_p, log_q, beta, alpha)
+
+
+def _with_tail(log_top_k):
+    """`[..., k + 1]`: the k log-probabilities and log(1 - their mass)."""
+    mass = ops.sum(ops.exp(log_top_k), axis=-1, keepdims=True)
+    tail = ops.log(ops.maximum(1.0 - mass, 1e-30))
+    return ops.concatenate([log_top_k, tail], axis=-1)
+
+
+def _of_kind(kind, log_p, log_q, beta, alpha):
     if kind == "jsd":
         return jsd(log_p, log_q, beta)
     if kind == "skew_forward_kl":

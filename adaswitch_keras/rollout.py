@@ -104,16 +104,22 @@ def rollout(
 
     Returns:
         dict, all `[B, T]` unless noted: `token_ids`, `padding_mask`,
-        `response_mask` (tokens that get loss), `teacher_token_mask` (tokens
-        the teacher wrote), `scores` (the statistic the strategy's rule read,
-        e.g. AdaSwitch's d_i; 0 where none, as after a one-time switch),
-        `switch_index` `[B]` (first column the teacher wrote; T where none)
-        and, when kept, `teacher_logits` `[B, T, V]` (column c: the teacher's
-        next-token logits for token c; 0 where it did not run).
+        `response_mask` (tokens that get loss), `teacher_token_mask` and
+        `student_token_mask` (tokens the teacher, the student wrote; the
+        rest of a response is ground truth), `scores` (the statistic the
+        strategy's rule read, e.g. AdaSwitch's d_i; 0 where none, as after a
+        one-time switch), `switch_index` `[B]` (first column the teacher
+        wrote; T where none); the teacher's work for the batch, `[B]` with
+        the same value in every row: `teacher_calls` (its forward calls) and,
+        per sequence, the tokens it `teacher_prefilled` (into its cache),
+        `teacher_scored` (drafts it verified) and `teacher_decoded` (columns
+        it wrote alone); and, when kept, `teacher_logits` `[B, T, V]` (column
+        c: the teacher's next-token logits for token c; 0 where it did not
+        run).
     """
     truth = _ground_truth(inputs)
     if not strategy.decoders:  # SFT, SupervisedKD: ground truth as it is
-        return with_switch_index(truth)
+        return with_switch_index({**truth, **_teacher_work(ops.shape(inputs["token_ids"])[0], {})})
     shape = tuple(ops.shape(inputs["token_ids"]))
     drawn = keras.random.uniform((len(_STREAMS),) + shape, seed=seed)
     uniforms = {name: drawn[i] for i, name in enumerate(_STREAMS)}
@@ -142,22 +148,22 @@ def rollout(
             maximum_iterations=length,
         )
     generated = decoder.output(state)
-    if (
-        strategy.ground_truth_rate > 0.0
-    ):  # GKD: a row keeps its ground truth with probability 1 - lambda
+    if strategy.ground_truth_rate > 0.0:
+        # GKD: a row keeps its ground truth with probability 1 - lambda.
         keeps_truth = uniforms["ground_truth"][:, 0] < strategy.ground_truth_rate
         generated = {
             key: ops.where(keeps_truth[:, None], truth[key], value)
             for key, value in generated.items()
         }
-    return with_switch_index(generated)
+    return with_switch_index({**generated, **_teacher_work(shape[0], state)})
 
 
 class _JointDecoder:
     """The phases of one rollout over a batch: the state they share is a dict
     (`index`, the next column to decide, the same for every row; `tokens`,
-    `response`, `teacher_mask`, `scores`, `done`, `caches` and, when kept,
-    `teacher_logits`), so that each phase is an `ops.while_loop`."""
+    `response`, `teacher_mask`, `student_mask`, `scores`, `done`, `caches`,
+    the teacher's work counters and, when kept, `teacher_logits`), so that
+    each phase is an `ops.while_loop`."""
 
     def __init__(
         self,
@@ -183,16 +189,23 @@ class _JointDecoder:
     def initial_state(self, token_ids, pad_token_id):
         tokens = ops.where(self.prompt_mask, token_ids, ops.cast(pad_token_id, token_ids.dtype))
         falses = ops.zeros_like(self.prompt_mask)
+        teacher_decodes = int("teacher" in self.strategy.decoders)
         state = {
             "index": ops.cast(ops.maximum(ops.min(self.prompt_length), 1), "int32"),
             "tokens": tokens,
             "response": falses,
             "teacher_mask": falses,
+            "student_mask": falses,
             "scores": ops.zeros(ops.shape(tokens), "float32"),
             "done": ops.zeros_like(self.prompt_length, dtype="bool"),
             "caches": {
                 name: self.models[name]._build_cache(tokens)[1] for name in self.strategy.decoders
             },
+            # The teacher's work: one call fills its cache over all T columns.
+            "teacher_calls": ops.convert_to_tensor(teacher_decodes, "int32"),
+            "teacher_prefilled": ops.convert_to_tensor(tokens.shape[1] * teacher_decodes, "int32"),
+            "teacher_scored": ops.convert_to_tensor(0, "int32"),
+            "teacher_decoded": ops.convert_to_tensor(0, "int32"),
         }
         if self.keep_teacher_logits:
             shape = tuple(ops.shape(tokens)) + (self.vocabulary_size,)
@@ -222,6 +235,7 @@ class _JointDecoder:
             "padding_mask": ops.logical_or(self.prompt_mask, state["response"]),
             "response_mask": state["response"],
             "teacher_token_mask": state["teacher_mask"],
+            "student_token_mask": state["student_mask"],
             "scores": state["scores"],
         }
         if self.keep_teacher_logits:
@@ -272,7 +286,7 @@ class _JointDecoder:
         token = ops.where(
             writes[:, 0], ops.cast(proposal, tokens.dtype), ops.take(tokens, index, axis=1)
         )
-        return write_chunk(
+        state = write_chunk(
             state,
             start=index,
             keep=ops.ones((1,), "bool"),
@@ -284,6 +298,10 @@ class _JointDecoder:
             caches={**state["caches"], name: cache},
             end_token_id=self.end_token_id,
         )
+        if name == "teacher":
+            state["teacher_calls"] = state["teacher_calls"] + 1
+            state["teacher_decoded"] = state["teacher_decoded"] + 1
+        return state
 
     def draft(self, state, start, size):
         """The student writes `size` columns from `start` with its cache.
@@ -378,7 +396,7 @@ class _JointDecoder:
                 state["caches"]["teacher"], teacher_cache, start=start, cut=cut, size=size
             ),
         }
-        return write_chunk(
+        state = write_chunk(
             state,
             start=start,
             keep=ops.logical_and(undecided, offsets <= cut),
@@ -391,6 +409,9 @@ class _JointDecoder:
             end_token_id=self.end_token_id,
             next_index=start + cut + 1,
         )
+        state["teacher_calls"] = state["teacher_calls"] + 1
+        state["teacher_scored"] = state["teacher_scored"] + size
+        return state
 
     def score(self, teacher_logits, student_logits, proposals):
         """The strategy's score `[B, n]` at each of n columns."""
@@ -440,11 +461,14 @@ def write_chunk(
     """The state with the kept columns of a chunk `[B, n]` written in, from
     column `start` on; decoding goes on at `next_index` (after the chunk)."""
     ends = ops.logical_and(ops.logical_and(keep[None, :], written), tokens == end_token_id)
+    student_here = ops.logical_and(written, ops.logical_not(teacher_here))
     new_state = {
+        **state,
         "index": start + tokens.shape[1] if next_index is None else next_index,
         "tokens": put(state["tokens"], start, tokens, keep),
         "response": put(state["response"], start, written, keep),
         "teacher_mask": put(state["teacher_mask"], start, teacher_here, keep),
+        "student_mask": put(state["student_mask"], start, student_here, keep),
         "scores": put(state["scores"], start, ops.where(written, scores, 0.0), keep),
         "done": ops.logical_or(state["done"], ops.any(ends, axis=1)),
         "caches": caches,
@@ -480,8 +504,15 @@ def _ground_truth(inputs):
         "padding_mask": ops.cast(inputs["padding_mask"], "bool"),
         "response_mask": response_mask,
         "teacher_token_mask": ops.zeros_like(response_mask),
+        "student_token_mask": ops.zeros_like(response_mask),
         "scores": ops.zeros(ops.shape(response_mask), "float32"),
     }
+
+
+def _teacher_work(batch, state):
+    """The teacher's work counters of a final state, `[B]` each (0 without one)."""
+    names = ("teacher_calls", "teacher_prefilled", "teacher_scored", "teacher_decoded")
+    return {name: ops.full((batch,), state.get(name, 0), "int32") for name in names}
 
 
 def with_switch_index(generated):

@@ -108,7 +108,7 @@ def test_evaluate_reports_the_divergence_on_ground_truth(pair, packed_pairs):
     distiller = ak.Distiller(*pair, strategy="on_policy", max_new_tokens=MAX_NEW_TOKENS)
     distiller.compile(optimizer="adam")
     logs = distiller.evaluate(arithmetic_pairs(16), batch_size=16, verbose=0, return_dict=True)
-    assert set(logs) == {"loss", "divergence"}
+    assert set(logs) == {"loss", "divergence", "cross_entropy"}
     assert logs["divergence"] == pytest.approx(
         ground_truth_divergence(distiller, packed_pairs), rel=1e-4
     )

@@ -7,12 +7,12 @@ from fractions import Fraction
 import keras
 import keras_hub
 import pytest
-from test_data import SHARED
-from test_data import needs_shared
 
 import adaswitch_keras as ak
 from adaswitch_keras import evaluation
 from conftest import MAX_NEW_TOKENS
+from test_data import SHARED
+from test_data import needs_shared
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
-from test_distiller import np_forward_kl
-from test_divergences import reference
 
 import adaswitch_keras as ak
 from conftest import MAX_NEW_TOKENS
@@ -17,6 +15,8 @@ from conftest import SEQUENCE_LENGTH
 from conftest import arithmetic_pairs
 from conftest import copy_weights
 from conftest import sharpen
+from test_distiller import np_forward_kl
+from test_divergences import reference
 
 
 def dataset(rows):
@@ -238,7 +238,7 @@ def test_generated_prompt_tokens_are_never_in_the_loss(pair, batch):
     rolled = {k: ops.convert_to_numpy(v) for k, v in distiller.rollout(batch).items()}
     y_pred = distiller(rolled)
     loss = float(ops.convert_to_numpy(distiller.compute_loss(rolled, y_pred=y_pred)))
-    per_token = ops.convert_to_numpy(y_pred["loss"])
+    per_token = ops.convert_to_numpy(y_pred["divergence"])
     prompt_length = (batch["padding_mask"] & ~batch["response_mask"]).sum(axis=1)
     generated = rolled["padding_mask"].sum(axis=1) - prompt_length
     assert (generated >= 1).all()
@@ -271,7 +271,7 @@ def test_end_token_stays_in_the_loss_when_pad_is_end():
     assert (packed["token_ids"][~packed["padding_mask"]] == end).all()  # the padding too
     y_pred = distiller(packed)
     loss = float(ops.convert_to_numpy(distiller.compute_loss(packed, y_pred=y_pred)))
-    per_token = ops.convert_to_numpy(y_pred["loss"])
+    per_token = ops.convert_to_numpy(y_pred["divergence"])
     mask = packed["response_mask"][:, 1:]
     assert mask[rows, last - 1].all()  # logits at last - 1 predict the end token
     per_token[rows, last - 1] += 1.0

@@ -133,6 +133,7 @@ def reference_rollout(teacher, student, case):
     tokens = np.where(prompt, inputs["token_ids"], 0)
     response = np.zeros(shape, bool)
     teacher_mask = np.zeros(shape, bool)
+    student_mask = np.zeros(shape, bool)
     scores = np.zeros(shape, "float32")
     teacher_logits_kept = np.zeros(shape + (VOCABULARY,), "float32")
     done = np.zeros(shape[0], bool)
@@ -162,6 +163,7 @@ def reference_rollout(teacher, student, case):
             ops.convert_to_numpy(strategy.teacher_writes(scores, response))[:, column] & writing
         )
         teacher_mask[:, column] = teacher_here
+        student_mask[:, column] = writing & ~teacher_here
         tokens[:, column] = np.where(
             writing, np.where(teacher_here, teacher_token, proposal), tokens[:, column]
         )
@@ -172,6 +174,7 @@ def reference_rollout(teacher, student, case):
         "token_ids": tokens,
         "response_mask": response,
         "teacher_token_mask": teacher_mask,
+        "student_token_mask": student_mask,
         "scores": scores,
     }
     if strategy.decoders:  # GKD: a row keeps its ground truth with probability 1 - lambda
@@ -182,6 +185,7 @@ def reference_rollout(teacher, student, case):
         "token_ids": inputs["token_ids"],
         "response_mask": inputs["response_mask"],
         "teacher_token_mask": np.zeros(shape, bool),
+        "student_token_mask": np.zeros(shape, bool),
         "scores": np.zeros(shape, "float32"),
     }
     out = {
@@ -229,7 +233,14 @@ def check(models, case):
     reference = reference_rollout(teacher, student, case)
     out = run_rollout(teacher, student, case)
     note = f"{case['strategy']!r}, draft_length={case['draft_length']}, max_new_tokens={case['max_new_tokens']}"
-    for key in ("token_ids", "padding_mask", "response_mask", "teacher_token_mask", "switch_index"):
+    keys = (
+        "token_ids",
+        "padding_mask",
+        "response_mask",
+        "teacher_token_mask",
+        "student_token_mask",
+    )
+    for key in (*keys, "switch_index"):
         np.testing.assert_array_equal(out[key], reference[key], err_msg=f"{key}: {note}")
     np.testing.assert_allclose(
         out["scores"], reference["scores"], rtol=1e-4, atol=1e-4, err_msg=note
