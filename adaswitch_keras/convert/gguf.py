@@ -3,17 +3,19 @@
     model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # a KerasHub Llama3CausalLM
     convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-preset")  # ... as a preset
     student = prune_layers(model, keep=range(0, 30, 3))  # same tokenizer, 10 blocks
+    save_gguf(student, "student.gguf")  # ... and back, for llama.cpp (F32 or F16)
 
-The file is read, and every tensor dequantized (F32, F16, Q8_0, Q4_1, ...), by
-llama.cpp's own `gguf` package (`pip install gguf`). llama.cpp's converter
-permutes the rows of the query and key projections for its interleaved rotary
-embedding; the loader undoes that, back to the half-split layout that Hugging
-Face and KerasHub use.
+The file is read, and every tensor dequantized (F32, F16, Q8_0, Q4_1, ...), or
+written, by llama.cpp's own `gguf` package (`pip install gguf`). llama.cpp's
+converter permutes the rows of the query and key projections for its
+interleaved rotary embedding; the loader undoes that, back to the half-split
+layout that Hugging Face and KerasHub use, and `save_gguf` applies it again.
 
 The model is KerasHub's Llama 3 (`Llama3CausalLM`, `Llama3Backbone`, a
 byte-level BPE tokenizer) through small subclasses, registered with Keras,
 that keep in their config what KerasHub 0.32 drops: the tokenizer's start,
-end and special tokens, and whether the backbone ties its embeddings. Import
+end and special tokens, whether the backbone ties its embeddings, and what
+`save_gguf` writes back: the chat template and the context length. Import
 `adaswitch_keras.convert` before `keras_hub.models.CausalLM.from_preset(dir)`
 on a preset saved from one.
 """
@@ -33,7 +35,8 @@ ARCHITECTURES = ("llama",)
 PRE_TOKENIZERS = ("llama3", "gpt2", "smollm")
 # llama.cpp's `tokenizer.ggml.pre` -> GGUFTokenizer's pre_tokenizer.
 _PRE_TOKENIZER_OF = {"llama-bpe": "llama3", "llama3": "llama3", "gpt2": "gpt2", "smollm": "smollm"}
-_CONTROL = 3  # llama.cpp's token type of special (control) tokens
+_PRE_TOKENIZER_NAME = {"llama3": "llama-bpe", "gpt2": "gpt2", "smollm": "smollm"}  # ... and back
+_NORMAL, _CONTROL, _UNUSED = 1, 3, 5  # llama.cpp's token types (gguf.TokenType)
 _BLOCK_TENSORS = (
     "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
     "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
@@ -43,10 +46,19 @@ _BLOCK_TENSORS = (
 @keras.saving.register_keras_serializable(package="adaswitch_keras")
 class GGUFBackbone(Llama3Backbone):
     """A `Llama3Backbone` whose config keeps `tie_word_embeddings`
-    (KerasHub 0.32's drops it, so a tied preset would not reload)."""
+    (KerasHub 0.32's drops it, so a tied preset would not reload) and the
+    GGUF file's `context_length` (the length it was trained for, or `None`)."""
+
+    def __init__(self, *args, context_length=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.context_length = context_length
 
     def get_config(self):
-        return {**super().get_config(), "tie_word_embeddings": self.tie_word_embeddings}
+        return {
+            **super().get_config(),
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "context_length": self.context_length,
+        }
 
 
 @keras.saving.register_keras_serializable(package="adaswitch_keras")
@@ -65,6 +77,8 @@ class GGUFTokenizer(BytePairTokenizer):
             "llama3" (KerasHub's default), "gpt2" (GPT-2's regex) or "smollm"
             (digits one by one, then GPT-2's). Inside `tf.data` KerasHub
             always uses its own GPT-2-like split.
+        chat_template: the file's Jinja chat template, or `None`; kept only to
+            be written back by `save_gguf`.
     """
 
     backbone_cls = GGUFBackbone
@@ -77,6 +91,7 @@ class GGUFTokenizer(BytePairTokenizer):
         eos_token="<|end_of_text|>",
         misc_special_tokens=(),
         pre_tokenizer="llama3",
+        chat_template=None,
         **kwargs,
     ):
         if pre_tokenizer not in PRE_TOKENIZERS:
@@ -84,6 +99,7 @@ class GGUFTokenizer(BytePairTokenizer):
                 f"pre_tokenizer must be one of {PRE_TOKENIZERS}; got {pre_tokenizer!r}."
             )
         self.pre_tokenizer = pre_tokenizer
+        self.chat_template = chat_template
         self.start_token = self.start_token_id = None
         self._add_special_token(eos_token, "end_token")
         if bos_token is not None:
@@ -120,6 +136,7 @@ class GGUFTokenizer(BytePairTokenizer):
             eos_token=self.end_token,
             misc_special_tokens=[t for t in self.unsplittable_tokens if t not in ends],
             pre_tokenizer=self.pre_tokenizer,
+            chat_template=self.chat_template,
         )
         return config
 
@@ -211,14 +228,115 @@ def prune_layers(model, keep):
     return GGUFCausalLM(backbone=pruned, preprocessor=preprocessor)
 
 
-def _open(path):
+def save_gguf(model, path, *, dtype="float32"):
+    """Write a Llama `CausalLM` as a llama.cpp GGUF file: `load_gguf`'s inverse.
+
+    The file has the keys, tensor names and layouts that llama.cpp's
+    `convert_hf_to_gguf.py` writes for a Llama (query and key rows permuted
+    for its rotary embedding), and the byte-level BPE tokenizer with its
+    special tokens as control tokens, its chat template (kept by `load_gguf`)
+    and, for embedding rows past the vocabulary, llama.cpp's "[PAD<id>]" tokens.
+
+    Args:
+        model: a Llama `CausalLM` with a preprocessor: `load_gguf`'s,
+            `prune_layers`' or KerasHub's `Llama3CausalLM`, with a byte-level
+            BPE tokenizer (not Llama 2's SentencePiece one).
+        path: the `.gguf` file to write.
+        dtype: "float32" or "float16", the type of the matrices; the norms
+            stay float32, as llama.cpp keeps them.
+
+    The context length written is the one `load_gguf` read, else the
+    preprocessor's sequence length. Returns `path`.
+    """
+    gguf = _import_gguf()
+    types = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16}
+    if dtype not in types:
+        raise ValueError(f"dtype must be one of {tuple(types)}; got {dtype!r}.")
+    backbone, preprocessor = model.backbone, model.preprocessor
+    _check_writable(backbone, preprocessor)
+    tokenizer = preprocessor.tokenizer
+    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
+    if backbone.vocabulary_size < len(tokens):
+        raise ValueError(
+            f"The embedding has {backbone.vocabulary_size} rows, fewer than the "
+            f"tokenizer's {len(tokens)} tokens."
+        )
+    special = set(tokenizer.special_tokens)
+    token_types = [_CONTROL if t in special else _NORMAL for t in tokens]
+    for i in range(len(tokens), backbone.vocabulary_size):  # as convert_hf_to_gguf.py
+        tokens.append(f"[PAD{i}]")
+        token_types.append(_UNUSED)
+
+    writer = gguf.GGUFWriter(os.fspath(path), "llama")
+    writer.add_block_count(backbone.num_layers)
+    writer.add_context_length(
+        getattr(backbone, "context_length", None) or preprocessor.sequence_length
+    )
+    writer.add_embedding_length(backbone.hidden_dim)
+    writer.add_feed_forward_length(backbone.intermediate_dim)
+    writer.add_head_count(backbone.num_query_heads)
+    writer.add_head_count_kv(backbone.num_key_value_heads)
+    writer.add_rope_freq_base(backbone.rope_max_wavelength)
+    writer.add_layer_norm_rms_eps(backbone.layer_norm_epsilon)
+    writer.add_file_type(types[dtype])
+    writer.add_vocab_size(backbone.vocabulary_size)
+    writer.add_rope_dimension_count(backbone.hidden_dim // backbone.num_query_heads)
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_PRE_TOKENIZER_NAME[getattr(tokenizer, "pre_tokenizer", "llama3")])
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(list(tokenizer.merges))
+    if tokenizer.start_token_id is not None:
+        writer.add_bos_token_id(tokenizer.start_token_id)
+    writer.add_eos_token_id(tokenizer.end_token_id)
+    if getattr(tokenizer, "pad_token_id", None) is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    add_bos = preprocessor.add_start_token and tokenizer.start_token_id is not None
+    writer.add_add_bos_token(bool(add_bos))
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+
+    for name, array in _get_weights(backbone):
+        array = array if array.ndim == 1 else array.astype(dtype)  # norms stay F32
+        writer.add_tensor(name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _check_writable(backbone, preprocessor):
+    if not isinstance(backbone, LlamaBackbone):
+        raise ValueError(f"save_gguf writes Llama models only; got a {type(backbone).__name__}.")
+    scaled = backbone.rope_position_scaling_factor != 1.0
+    if scaled or backbone.rope_frequency_adjustment_factor is not None:
+        raise ValueError(
+            "save_gguf cannot write RoPE scaling (rope_position_scaling_factor, "
+            "rope_frequency_adjustment_factor); this backbone uses it."
+        )
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if not isinstance(tokenizer, BytePairTokenizer):
+        raise ValueError(
+            "save_gguf needs the model's preprocessor with a byte-level BPE tokenizer "
+            f"(llama.cpp's 'gpt2' model); got a {type(tokenizer).__name__}."
+        )
+
+
+def _import_gguf():
     try:
         import gguf
     except ImportError as error:
         raise ImportError(
-            "Reading GGUF files needs llama.cpp's `gguf` package: "
+            "Reading and writing GGUF files needs llama.cpp's `gguf` package: "
             "`pip install gguf` (or `pip install adaswitch-keras[convert]`)."
         ) from error
+    return gguf
+
+
+def _open(path):
+    gguf = _import_gguf()
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No GGUF file at {path!r}.")
@@ -282,6 +400,7 @@ def _backbone_config(reader, path):
         "num_key_value_heads": key("attention.head_count_kv", num_heads),
         "rope_max_wavelength": key("rope.freq_base", 10000.0),
         "layer_norm_epsilon": key("attention.layer_norm_rms_epsilon", 1e-5),
+        "context_length": _field(reader, f"{architecture}.context_length"),
     }
 
 
@@ -313,6 +432,7 @@ def _tokenizer(reader, path):
         eos_token=tokens[eos],
         misc_special_tokens=[t for t, kind in zip(tokens, types) if kind == _CONTROL],
         pre_tokenizer=_PRE_TOKENIZER_OF.get(pre, "llama3"),
+        chat_template=_field(reader, "tokenizer.chat_template"),
     )
 
 
@@ -351,6 +471,15 @@ def _unpermute(weights, num_heads):
     return w.swapaxes(1, 2).reshape(weights.shape)
 
 
+def _permute(weights, num_heads):
+    """llama.cpp's `permute` of q/k rows (convert_hf_to_gguf.py,
+    `LlamaModel.permute`), the inverse of `_unpermute`: per head, the
+    half-split layout to interleaved rotary pairs (x0, x1), (x2, x3), ..."""
+    head_dim = weights.shape[0] // num_heads
+    w = weights.reshape(num_heads, 2, head_dim // 2, *weights.shape[1:])
+    return w.swapaxes(1, 2).reshape(weights.shape)
+
+
 def _set_weights(backbone, read):
     """Copy GGUF tensors, read by name, into the backbone's variables."""
     hidden, heads = backbone.hidden_dim, backbone.num_query_heads
@@ -379,3 +508,33 @@ def _set_weights(backbone, read):
         layer._feedforward_gate_dense.kernel.assign(tensor("ffn_gate").T)
         layer._feedforward_intermediate_dense.kernel.assign(tensor("ffn_up").T)
         layer._feedforward_output_dense.kernel.assign(tensor("ffn_down").T)
+
+
+def _get_weights(backbone):
+    """The backbone's variables as (GGUF name, float32 NumPy array) pairs, in
+    llama.cpp's layouts: `_set_weights` backwards."""
+    heads, kv_heads = backbone.num_query_heads, backbone.num_key_value_heads
+
+    def numpy(variable):
+        return keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32"))
+
+    def matrix(kernel):  # a KerasHub kernel (in, ...) -> llama.cpp's (out, in)
+        return numpy(kernel).reshape(kernel.shape[0], -1).T
+
+    embedding = backbone.token_embedding
+    yield "token_embd.weight", numpy(embedding.embeddings)
+    if not backbone.tie_word_embeddings:
+        yield "output.weight", numpy(embedding.reverse_embeddings).T
+    yield "output_norm.weight", numpy(backbone.layer_norm.scale)
+    for i, layer in enumerate(backbone.transformer_layers):
+        attention = layer._self_attention_layer
+        yield f"blk.{i}.attn_norm.weight", numpy(layer._self_attention_layernorm.scale)
+        yield f"blk.{i}.ffn_norm.weight", numpy(layer._feedforward_layernorm.scale)
+        yield f"blk.{i}.attn_q.weight", _permute(matrix(attention._query_dense.kernel), heads)
+        yield f"blk.{i}.attn_k.weight", _permute(matrix(attention._key_dense.kernel), kv_heads)
+        yield f"blk.{i}.attn_v.weight", matrix(attention._value_dense.kernel)
+        output = numpy(attention._output_dense.kernel)  # (heads, head_dim, hidden)
+        yield f"blk.{i}.attn_output.weight", output.reshape(-1, output.shape[-1]).T
+        yield f"blk.{i}.ffn_gate.weight", matrix(layer._feedforward_gate_dense.kernel)
+        yield f"blk.{i}.ffn_up.weight", matrix(layer._feedforward_intermediate_dense.kernel)
+        yield f"blk.{i}.ffn_down.weight", matrix(layer._feedforward_output_dense.kernel)
