@@ -1,8 +1,14 @@
-"""The `adaswitch-keras` command: `demo`, `distill` and `evaluate`.
+"""The `adaswitch-keras` command: `demo`, `distill`, `cache-teacher` and `evaluate`.
 
     adaswitch-keras demo --backend jax
     adaswitch-keras distill --teacher TEACHER --student STUDENT --task gsm8k --data-dir DIR
+    adaswitch-keras cache-teacher --teacher TEACHER --task gsm8k --top-k 32 --output t.npz
+    adaswitch-keras distill --teacher-cache t.npz --student STUDENT --strategy supervised_kd
     adaswitch-keras evaluate --model PRESET --task arithmetic
+
+Option names that TRL's GKDConfig also uses mean the same thing here
+(`docs/cli.md` has the table): `--temperature` is the sampling temperature
+of the generations, `--loss-temperature` the divergence's.
 
 Run it through the console script (`adaswitch_keras_cli.main`), which sets
 KERAS_BACKEND from `--backend` before Keras is imported.
@@ -20,9 +26,11 @@ import keras_hub
 
 from adaswitch_keras import data
 from adaswitch_keras import evaluation
+from adaswitch_keras import lora
 from adaswitch_keras import plotting
 from adaswitch_keras import presets
 from adaswitch_keras import strategies
+from adaswitch_keras import teacher_cache
 from adaswitch_keras.distiller import Distiller
 from adaswitch_keras.divergences import KINDS
 
@@ -58,19 +66,74 @@ def make_strategy(args):
     TRL's `--lmbda` for GKD)."""
     arguments = {}
     for option in args.option:
-        key, _, value = option.partition("=")
-        if not value:
+        if "=" not in option:
             raise UsageError(f"--option takes KEY=VALUE; received {option!r}.")
-        try:
-            arguments[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            arguments[key.strip()] = value.strip()  # a word, e.g. divergence=reverse_kl
+        arguments.update(_keyword_values(option, "--option"))
     if args.lmbda is not None:
         arguments["lmbda"] = args.lmbda
     try:
         return strategies.get(args.strategy, **arguments)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
+
+
+def _keyword_values(text, what):
+    """{key: value} of "k=v,k=v" (values as Python literals, else words)."""
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if not value:
+            raise UsageError(f"{what} takes KEY=VALUE pairs; received {item!r}.")
+        try:
+            values[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            values[key.strip()] = value.strip()
+    return values
+
+
+SAMPLERS = {
+    "greedy": keras_hub.samplers.GreedySampler,
+    "random": keras_hub.samplers.RandomSampler,
+    "top_k": keras_hub.samplers.TopKSampler,
+    "top_p": keras_hub.samplers.TopPSampler,
+}
+
+
+def make_sampler(spec, temperature, flag):
+    """A KerasHub sampler from "NAME[:KEY=VALUE,...]" (e.g. "top_p:p=0.5"),
+    at the sampling `temperature` unless the spec sets its own."""
+    name, _, options = spec.partition(":")
+    if name not in SAMPLERS:
+        raise UsageError(f"{flag}: unknown sampler {name!r}; choose one of {list(SAMPLERS)}.")
+    arguments = _keyword_values(options, flag)
+    if name != "greedy":
+        arguments.setdefault("temperature", temperature)
+    try:
+        return SAMPLERS[name](**arguments)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{flag} {spec!r}: {error}") from None
+
+
+SCHEDULES = {
+    "linear": lambda start, steps: keras.optimizers.schedules.PolynomialDecay(start, steps, 0.0),
+    "cosine": lambda start, steps: keras.optimizers.schedules.CosineDecay(start, steps),
+}
+
+
+def make_cross_entropy_weight(spec, steps):
+    """`--cross-entropy-weight`: "0.3" (constant), or "linear:0.5" /
+    "cosine:0.5" (from 0.5 at the first step to 0 at the last)."""
+    kind, _, start = spec.rpartition(":")
+    try:
+        start = float(start)
+    except ValueError:
+        start = None
+    if start is None or not 0.0 <= start <= 1.0 or (kind and kind not in SCHEDULES):
+        raise UsageError(
+            "--cross-entropy-weight takes a weight in [0, 1], optionally after "
+            f"{' or '.join(k + ':' for k in SCHEDULES)}; received {spec!r}."
+        )
+    return SCHEDULES[kind](start, steps) if kind else start
 
 
 def strategy_help():
@@ -95,18 +158,26 @@ def distill(args, teacher, student, train, test, task):
     """Evaluate, distill, evaluate again; write preset, history and plot."""
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
+    if args.lora_rank:
+        lora.enable(student, args.lora_rank)
+    log_every = min(args.log_every, args.steps)
+    epochs = -(-args.steps // log_every)  # whole logging periods: rounds steps up
     distiller = Distiller(
         teacher,
         student,
         strategy=args.strategy,
         divergence=args.divergence,
         beta=args.beta,
-        temperature=args.temperature,
+        temperature=args.loss_temperature,
         max_new_tokens=args.max_new_tokens,
+        student_sampler=args.student_sampler,
+        teacher_sampler=args.teacher_sampler,
+        cross_entropy_weight=args.cross_entropy_weight,
         seed=args.seed,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
-    distiller.packer.check_prompts([row["prompts"] for row in train])  # before anything long
+    if train is not None:
+        distiller.packer.check_prompts([row["prompts"] for row in train])  # before anything long
 
     def score(model, name):
         print(f"Evaluating the {name} on {len(test)} {task} test examples")
@@ -114,10 +185,12 @@ def distill(args, teacher, student, train, test, task):
         result = evaluation.evaluate(model, task, examples=test, batch_size=args.eval_batch_size)
         return {k: v for k, v in result.items() if k != "predictions"}, time.perf_counter() - start
 
-    teacher_metrics, _ = score(teacher, "teacher")
+    teacher_metrics = score(teacher, "teacher")[0] if teacher is not None else None
     before, _ = score(student, "student")
-    log_every = min(args.log_every, args.steps)
-    epochs = -(-args.steps // log_every)  # whole logging periods: rounds steps up
+    if train is None:  # an offline teacher: the cache holds the packed rows
+        train = teacher_cache.dataset(
+            args.teacher_cache, args.batch_size, shuffle=True, seed=args.seed
+        ).repeat()
     callbacks = []
     if args.checkpoint_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(args.checkpoint_dir, save_freq="epoch"))
@@ -140,7 +213,9 @@ def distill(args, teacher, student, train, test, task):
     after, _ = score(student, "student")
 
     student_dir = os.path.join(args.output, "student")
-    student.save_to_preset(student_dir)
+    student.save_to_preset(student_dir)  # a LoRA student's kernels merged
+    if args.lora_rank:  # and its factors alone, as Keras saves them
+        student.backbone.save_lora_weights(os.path.join(args.output, "student.lora.h5"))
     metric = "accuracy" if task in data.GSM_FAMILY else "rougeL"
     report = {
         "task": task,
@@ -165,9 +240,10 @@ def distill(args, teacher, student, train, test, task):
             steps_per_epoch=log_every,
             title=f"{distiller.strategy!r} on {task} ({keras.backend.backend()})",
         )
+    teacher_score = f"{teacher_metrics[metric]:.3f}" if teacher_metrics else "-"
     rows = [
         ("student " + metric, f"{before[metric]:.3f}", f"{after[metric]:.3f}"),
-        ("teacher " + metric, f"{teacher_metrics[metric]:.3f}", f"{teacher_metrics[metric]:.3f}"),
+        ("teacher " + metric, teacher_score, teacher_score),
         (
             "switch rate",
             "",
@@ -194,10 +270,43 @@ def run_demo(args):
 
 
 def run_distill(args):
-    teacher, student = load_model(args.teacher), load_model(args.student)
-    train = load_rows(args.task, "train", args)
+    if (args.teacher is None) == (args.teacher_cache is None):
+        raise UsageError("Give one of --teacher (a model) and --teacher-cache (its stored top-k).")
+    if args.teacher_cache and not os.path.exists(args.teacher_cache):
+        raise UsageError(f"No teacher cache at {os.path.abspath(args.teacher_cache)}.")
+    if args.teacher_cache:  # the rollout budget that the cache was packed for
+        stored = teacher_cache.meta(args.teacher_cache)["max_new_tokens"]
+        if args.max_new_tokens not in (None, stored):
+            raise UsageError(
+                f"The teacher cache was packed for --max-new-tokens {stored}; "
+                f"received --max-new-tokens {args.max_new_tokens}."
+            )
+        args.max_new_tokens = stored
+    teacher = load_model(args.teacher) if args.teacher else None
+    student = load_model(args.student)
+    train = load_rows(args.task, "train", args) if teacher is not None else None
     test = load_rows(args.task, "test", args, limit=args.eval_limit)
     return distill(args, teacher, student, train, test, args.task)
+
+
+def run_cache_teacher(args):
+    """Run the teacher once over the task's training responses; store its top-k."""
+    teacher = load_model(args.teacher)
+    rows = load_rows(args.task, args.split, args, limit=args.limit)
+    print(f"Caching the teacher's top-{args.top_k} on {len(rows)} {args.task} rows")
+    start = time.perf_counter()
+    size = teacher_cache.write(
+        teacher,
+        rows,
+        args.output,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+    )
+    seconds = time.perf_counter() - start
+    print(f"Wrote {args.output}: {size / 2**20:.1f} MiB in {seconds:.0f} s")
+    return {"bytes": size, "seconds": seconds}
 
 
 def run_evaluate(args):
@@ -233,7 +342,29 @@ def _training_arguments(parser, steps, batch_size, learning_rate, output):
         "--max-new-tokens", type=int, default=None, help="rollout length (TRL's max_new_tokens)"
     )
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="divergence temperature (TRL's temperature)"
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature of the generations, both samplers (TRL's temperature)",
+    )
+    parser.add_argument(
+        "--loss-temperature", type=float, default=1.0, help="temperature of the divergence"
+    )
+    for role in ("student", "teacher"):
+        parser.add_argument(
+            f"--{role}-sampler",
+            default="random",
+            metavar="NAME[:KEY=VALUE,...]",
+            help=f"the {role}'s sampler: {', '.join(SAMPLERS)}; e.g. top_p:p=0.5,temperature=0.5",
+        )
+    parser.add_argument(
+        "--cross-entropy-weight",
+        default="0",
+        metavar="[linear:|cosine:]W",
+        help="w in (1 - w) divergence + w cross-entropy; linear:/cosine: decay it to 0",
+    )
+    parser.add_argument(
+        "--lora-rank", type=int, default=None, help="train LoRA factors of this rank only"
     )
     parser.add_argument(
         "--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)"
@@ -282,8 +413,11 @@ def build_parser():
         help="distill any KerasHub teacher preset into a student preset",
         parents=[backend],
     )
+    run.add_argument("--teacher", help="KerasHub preset name or local preset directory")
     run.add_argument(
-        "--teacher", required=True, help="KerasHub preset name or local preset directory"
+        "--teacher-cache",
+        default=None,
+        help="an offline teacher: the file `cache-teacher` wrote (ground-truth strategies)",
     )
     run.add_argument(
         "--student", required=True, help="KerasHub preset name or local preset directory"
@@ -292,6 +426,23 @@ def build_parser():
     run.add_argument("--data-dir", default=None, help="folder of the task's JSONL files")
     run.add_argument("--chat", action="store_true", help="ChatML prompts for instruct models")
     _training_arguments(run, steps=1000, batch_size=8, learning_rate=1e-5, output="adaswitch-run")
+
+    cache = commands.add_parser(
+        "cache-teacher",
+        help="store a teacher's top-k log-probabilities on a task's responses",
+        parents=[backend],
+    )
+    cache.add_argument("--teacher", required=True, help="KerasHub preset name or directory")
+    cache.add_argument("--task", default="arithmetic", choices=data.TASKS)
+    cache.add_argument("--split", default="train")
+    cache.add_argument("--data-dir", default=None)
+    cache.add_argument("--chat", action="store_true")
+    cache.add_argument("--limit", type=int, default=None)
+    cache.add_argument("--top-k", type=int, default=32)
+    cache.add_argument("--max-new-tokens", type=int, required=True, help="as for `distill`")
+    cache.add_argument("--batch-size", type=int, default=8)
+    cache.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    cache.add_argument("--output", required=True, help="the .npz file to write")
 
     score = commands.add_parser(
         "evaluate", help="score a preset on a task split", parents=[backend]
@@ -318,16 +469,29 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    for name in ("steps", "batch_size", "log_every", "eval_limit", "limit"):
+    for name in ("steps", "batch_size", "log_every", "eval_limit", "limit", "lora_rank", "top_k"):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1.", file=sys.stderr)
             return 2
     if args.command == "demo":
         args.data_dir, args.chat = None, False
     try:
-        if args.command in ("demo", "distill"):
-            args.strategy = make_strategy(args)  # bad options fail before anything loads
-        {"demo": run_demo, "distill": run_distill, "evaluate": run_evaluate}[args.command](args)
+        if args.command in ("demo", "distill"):  # bad options fail before anything loads
+            args.strategy = make_strategy(args)
+            for role in ("student", "teacher"):
+                flag = f"--{role}-sampler"
+                sampler = make_sampler(getattr(args, f"{role}_sampler"), args.temperature, flag)
+                setattr(args, f"{role}_sampler", sampler)
+            steps = -(-args.steps // min(args.log_every, args.steps)) * min(
+                args.log_every, args.steps
+            )
+            args.cross_entropy_weight = make_cross_entropy_weight(args.cross_entropy_weight, steps)
+        {
+            "demo": run_demo,
+            "distill": run_distill,
+            "cache-teacher": run_cache_teacher,
+            "evaluate": run_evaluate,
+        }[args.command](args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

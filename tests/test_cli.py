@@ -11,6 +11,9 @@ import pytest
 
 import adaswitch_keras as ak
 from adaswitch_keras import cli
+from conftest import once
+
+pytestmark = once  # conftest.ONCE_BACKEND
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = [
@@ -116,6 +119,16 @@ def test_evaluate_prints_metrics(preset_dirs, tmp_path, capsys):
             ["demo", "--strategy", "adaswitch", "--option", "divergence=nope"],
             "Unknown divergence 'nope'",
         ),
+        (["demo", "--student-sampler", "nucleus"], "unknown sampler 'nucleus'"),
+        (["demo", "--teacher-sampler", "top_p:q=1"], "--teacher-sampler 'top_p:q=1'"),
+        (["demo", "--cross-entropy-weight", "step:0.5"], "--cross-entropy-weight takes"),
+        (["demo", "--cross-entropy-weight", "1.5"], "--cross-entropy-weight takes"),
+        (["demo", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+        (["distill", "--student", "preset_dirs"], "Give one of --teacher"),
+        (
+            ["distill", "--student", "preset_dirs", "--teacher-cache", "/no/cache.npz"],
+            "No teacher cache at",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(arguments, message, preset_dirs, capsys):
@@ -161,3 +174,82 @@ def test_console_script_sets_the_backend_before_keras(tmp_path):
         [sys.executable, "-c", probe, backend], env=env, capture_output=True, text=True
     )
     assert done.stdout.strip().splitlines()[-1] == backend
+
+
+def test_samplers_from_specs():
+    """`--temperature` is the sampling temperature (TRL's), unless a spec sets its own."""
+    sampler = cli.make_sampler("top_p:p=0.5,temperature=0.2", 0.9, "--teacher-sampler")
+    assert isinstance(sampler, keras_hub.samplers.TopPSampler)
+    assert (sampler.p, sampler.temperature) == (0.5, 0.2)
+    sampler = cli.make_sampler("top_k:k=25", 0.5, "--student-sampler")
+    assert (type(sampler), sampler.k, sampler.temperature) == (
+        keras_hub.samplers.TopKSampler,
+        25,
+        0.5,
+    )
+    assert isinstance(
+        cli.make_sampler("greedy", 0.5, "--student-sampler"), keras_hub.samplers.GreedySampler
+    )
+
+
+def test_cross_entropy_weights_from_specs():
+    assert cli.make_cross_entropy_weight("0.3", 100) == 0.3
+    for kind in ("linear", "cosine"):
+        schedule = cli.make_cross_entropy_weight(f"{kind}:0.5", 100)
+        values = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 50, 100)]
+        assert values[0] == pytest.approx(0.5) and values[2] == pytest.approx(0.0, abs=1e-6)
+        assert values[1] == pytest.approx(0.25, abs=1e-6)  # both halve at mid-way
+
+
+def test_distill_options_reach_the_distiller(preset_dirs, tmp_path, monkeypatch):
+    """Samplers, temperatures, the mixed loss and a LoRA student, from the CLI."""
+    made = []
+
+    class Recorded(cli.Distiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(cli, "Distiller", Recorded)
+    teacher, student = preset_dirs
+    options = ["--student-sampler", "top_p:p=0.5", "--teacher-sampler", "top_k:k=3"]
+    options += ["--temperature", "0.5", "--loss-temperature", "2.0", "--lora-rank", "2"]
+    options += ["--cross-entropy-weight", "linear:0.5", "--max-new-tokens", "48"]
+    code = cli.main(
+        ["distill", "--teacher", teacher, "--student", student, "--strategy", "on_policy"]
+        + options
+        + ["--batch-size", "4", "--output", str(tmp_path), *SMOKE]
+    )
+    assert code == 0
+    (distiller,) = made
+    assert (distiller.student_sampler.p, distiller.student_sampler.temperature) == (0.5, 0.5)
+    assert (distiller.teacher_sampler.k, distiller.teacher_sampler.temperature) == (3, 0.5)
+    assert distiller.temperature == 2.0
+    assert isinstance(distiller.cross_entropy_weight, keras.optimizers.schedules.PolynomialDecay)
+    trainable = {v.path for v in distiller.student.trainable_variables}
+    assert trainable and all("lora_kernel" in path for path in trainable)
+    report = check_outputs(tmp_path)
+    assert {"cross_entropy", "teacher_calls", "teacher_decoded"} <= set(report["history"])
+    assert (tmp_path / "student.lora.h5").stat().st_size > 0
+
+
+def test_offline_teacher_from_the_cli(preset_dirs, tmp_path, capsys):
+    """`cache-teacher` once, then `distill --teacher-cache` with no teacher model."""
+    teacher, student = preset_dirs
+    cache = tmp_path / "teacher.npz"
+    code = cli.main(
+        ["cache-teacher", "--teacher", teacher, "--limit", "16", "--top-k", "8"]
+        + ["--max-new-tokens", "48", "--output", str(cache)]
+    )
+    assert code == 0 and cache.stat().st_size > 0
+    assert ak.teacher_cache.meta(str(cache))["top_k"] == 8
+    output = tmp_path / "run"
+    common = ["distill", "--teacher-cache", str(cache), "--student", student]
+    common += ["--batch-size", "4", "--output", str(output), *SMOKE]
+    assert cli.main(common + ["--strategy", "supervised_kd"]) == 0
+    report = check_outputs(output)
+    assert report["teacher"] is None and len(report["history"]["divergence"]) == 2
+    assert cli.main(common + ["--max-new-tokens", "40"]) == 2
+    assert "packed for --max-new-tokens 48" in capsys.readouterr().err
+    assert cli.main(common + ["--strategy", "on_policy"]) == 1
+    assert "needs a teacher model" in capsys.readouterr().err
