@@ -71,6 +71,25 @@ def test_sft_loss_is_cross_entropy_of_the_response(pair, batch):
     np.testing.assert_allclose(loss, nll[batch["response_mask"][:, 1:]].mean(), rtol=1e-4)
 
 
+def test_seqkd_loss_is_cross_entropy_on_the_teachers_tokens(pair, batch):
+    """Kim and Rush's SeqKD: the teacher writes every response token and the
+    loss is the student's cross-entropy on them (a NumPy reference)."""
+    teacher, student = pair
+    distiller = ak.Distiller(
+        teacher, student, strategy="seqkd", max_new_tokens=MAX_NEW_TOKENS, seed=0
+    )
+    written = {k: ops.convert_to_numpy(v) for k, v in distiller.rollout(batch).items()}
+    response = written["response_mask"].astype(bool)
+    np.testing.assert_array_equal(written["teacher_token_mask"].astype(bool), response)
+    loss = float(ops.convert_to_numpy(distiller.compute_loss(written, y_pred=distiller(written))))
+    logits = ops.convert_to_numpy(student({k: written[k] for k in ("token_ids", "padding_mask")}))
+    logits = logits.astype("float64")[:, :-1]
+    top = logits.max(-1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, written["token_ids"][:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(loss, nll[response[:, 1:]].mean(), rtol=1e-4)
+
+
 def ground_truth_divergence(distiller, packed):
     return float(
         ops.convert_to_numpy(distiller(packed)["divergence"])[packed["response_mask"][:, 1:]].mean()

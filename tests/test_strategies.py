@@ -7,6 +7,7 @@ from keras import ops
 import adaswitch_keras as ak
 from adaswitch_keras import strategies
 from conftest import every_strategy
+from test_divergences import reference
 
 
 def np_first_switch(trace, mask, window, k):
@@ -44,6 +45,30 @@ def test_adaswitch_first_switch_matches_loop(window, k, seed):
     want = np_first_switch(trace, mask, window, k)
     np.testing.assert_array_equal(got, want)
     assert (want < trace.shape[1]).any() and (want == trace.shape[1]).any()
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_adaswitch_switches_on_the_divergence_it_is_given(kind):
+    """AdaSwitch(divergence=kind) scores with that divergence and switches
+    where the paper's rule says on a NumPy trace of it; forward KL, reverse
+    KL and JSD disagree on some rows of the same logits."""
+    rng = np.random.default_rng(3)
+    teacher = rng.normal(scale=2.0, size=(32, 16, 9)).astype("float32")
+    student = rng.normal(scale=2.0, size=(32, 16, 9)).astype("float32")
+    mask = np.ones((32, 16), bool)
+    rule = ak.AdaSwitch(window=3, k=1.5, divergence=kind)
+    scores = ops.convert_to_numpy(rule.score(teacher, student, None))
+    np.testing.assert_allclose(scores, reference(teacher, student, kind), rtol=1e-4, atol=1e-6)
+    got = ops.convert_to_numpy(rule.first_switch(scores, mask))
+    np.testing.assert_array_equal(
+        got, np_first_switch(reference(teacher, student, kind), mask, 3, 1.5)
+    )
+    others = [
+        np_first_switch(reference(teacher, student, other), mask, 3, 1.5)
+        for other in ("forward_kl", "reverse_kl", "jsd")
+        if other != kind
+    ]
+    assert all((got != other).any() for other in others)
 
 
 def test_adaswitch_ignores_spikes_before_the_window_fills():
