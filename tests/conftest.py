@@ -11,6 +11,15 @@ import adaswitch_keras as ak  # noqa: E402
 SEQUENCE_LENGTH = 32
 MAX_NEW_TOKENS = 12
 
+# Modules whose subject does not depend on the backend (the command line, the
+# data files, the documentation's examples) run in one backend's run of the
+# suite only; tests/run.sh runs the suite once per backend.
+ONCE_BACKEND = "tensorflow"
+once = pytest.mark.skipif(
+    keras.config.backend() != ONCE_BACKEND,
+    reason=f"does not depend on the backend: runs in the {ONCE_BACKEND} run only",
+)
+
 
 def arithmetic_pairs(n=16):
     return [{"prompts": f"Q: {i} + {i % 5} =", "responses": f" {i + i % 5}"} for i in range(n)]

@@ -8,6 +8,9 @@ import pytest
 
 import adaswitch_keras as ak
 from adaswitch_keras.data import arithmetic
+from conftest import once
+
+pytestmark = once  # conftest.ONCE_BACKEND
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_shared = pytest.mark.skipif(

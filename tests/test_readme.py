@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+from conftest import once
+
+pytestmark = once  # conftest.ONCE_BACKEND
+
 
 def test_readme_examples_run(monkeypatch):
     root = pathlib.Path(__file__).parents[1]
