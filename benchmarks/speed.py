@@ -215,7 +215,7 @@ class Floor:
         self.gradient = GradientStepOnly(
             teacher, student, strategy=ak.AdaSwitch(), max_new_tokens=distiller.max_new_tokens
         )
-        self.gradient.compile(optimizer=type(distiller.optimizer)(0.0))
+        self.gradient.compile(optimizer=type(distiller.optimizer.inner_optimizer)(0.0))
 
     def _loop(self, model, tokens, cache, start, stop):
         ops = self.ops
