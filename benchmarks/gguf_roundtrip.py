@@ -7,7 +7,7 @@ For a tiny random Llama 3 (tied and untied embeddings) and, when the
 third block: the largest absolute difference between the logits of the
 saved model and those of the file read back by our `load_gguf` (float32 and
 float16 files) and by Transformers' GGUF loader (float32; when
-`transformers` is installed), over every position and the whole
+`transformers` and `accelerate` are installed), over every position and the whole
 vocabulary. Writes `results.json` (commit, versions, every number) and
 `results.md`, generated from it.
 """
@@ -55,7 +55,7 @@ def measure(model, ids, folder):
         path = convert.save_gguf(model, os.path.join(folder, f"{dtype}.gguf"), dtype=dtype)
         back = convert.load_gguf(path, sequence_length=model.preprocessor.sequence_length)
         row[f"load_gguf_{dtype}"] = float(np.abs(logits(back, ids) - expected).max())
-    if importlib.util.find_spec("transformers"):
+    if all(importlib.util.find_spec(m) for m in ("transformers", "accelerate")):
         hf = transformers_logits(folder, "float32.gguf", ids)
         row["transformers_float32"] = float(np.abs(hf - expected).max())
     return row

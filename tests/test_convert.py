@@ -318,6 +318,7 @@ def test_embedding_rows_past_the_vocabulary_become_llama_cpp_pad_tokens(tmp_path
 def test_transformers_reads_save_gguf_as_the_same_model(tmp_path, tie):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")  # Transformers' GGUF loader needs it
     original = tiny_llama(tie)
     convert.save_gguf(original, tmp_path / "tiny.gguf")
     kwargs = {"gguf_file": "tiny.gguf"}
@@ -381,6 +382,7 @@ def test_real_smollm2_answers_paris():
 def test_real_pruned_smollm2_student_saves_as_the_same_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")  # Transformers' GGUF loader needs it
     teacher = convert.load_gguf(smollm2_path(), sequence_length=64)
     student = convert.prune_layers(teacher, keep=range(0, 30, 3))
     path = convert.save_gguf(student, tmp_path / "student.gguf")
