@@ -35,6 +35,14 @@ from adaswitch_keras.distiller import Distiller
 from adaswitch_keras.divergences import KINDS
 
 BACKENDS = ("jax", "tensorflow", "torch")
+FEATURES = """features, each with a page in docs/features/:
+  LoRA students          --lora-rank N
+  an offline teacher     `cache-teacher`, then `distill --teacher-cache FILE`
+  a mixed loss           --cross-entropy-weight 0.3 | linear:0.5 | cosine:0.5
+  samplers, TRL's names  --student-sampler, --teacher-sampler, --temperature
+  what the teacher cost  teacher_calls, teacher_prefilled, teacher_scored,
+                         teacher_decoded in the progress bar and history.json
+  GGUF for llama.cpp     adaswitch_keras.convert.save_gguf(model, path)"""
 
 
 class UsageError(Exception):
@@ -405,6 +413,8 @@ def build_parser():
         "demo",
         help="distill the shipped arithmetic teacher into the shipped student",
         parents=[backend],
+        epilog=FEATURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _training_arguments(demo, steps=600, batch_size=32, learning_rate=1e-3, output="adaswitch-demo")
 
@@ -412,6 +422,8 @@ def build_parser():
         "distill",
         help="distill any KerasHub teacher preset into a student preset",
         parents=[backend],
+        epilog=FEATURES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--teacher", help="KerasHub preset name or local preset directory")
     run.add_argument(

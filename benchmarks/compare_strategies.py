@@ -138,6 +138,16 @@ def fmt(values, digits=3):
     return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def teacher_tokens(run):
+    """The teacher's tokens per step (prefilled + scored + decoded, as the
+    Distiller logs them), averaged over the run; for equal-cost comparisons."""
+    history = run["history"]
+    parts = [history.get(key) for key in ("teacher_prefilled", "teacher_scored", "teacher_decoded")]
+    if not all(parts):
+        return None
+    return float(np.mean([sum(step) for step in zip(*parts)]))
+
+
 def summarize(results, baseline):
     """The Markdown tables: strategies (mean ± std over seeds), then the sweep."""
     by_strategy = {}
@@ -147,18 +157,18 @@ def summarize(results, baseline):
     lines = [
         "| strategy | "
         + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
-        + f" | step time / {baseline} | switch rate (easier / train / harder) | teacher-token fraction (train) |",
-        "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|",
+        + f" | step time / {baseline} | teacher tokens / step | switch rate (easier / train / harder) | teacher-token fraction (train) |",
+        "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|---|",
     ]
     lines.append(
         "| warm-up student (start) | "
         + " | ".join(f"{results['warm_up_student_accuracy'][d]:.3f}" for d in DIFFICULTIES)
-        + " | | | |"
+        + " | | | | |"
     )
     lines.append(
         "| teacher | "
         + " | ".join(f"{results['teacher_accuracy'][d]:.3f}" for d in DIFFICULTIES)
-        + " | | | |"
+        + " | | | | |"
     )
     for name, runs in by_strategy.items():
         accuracies = [fmt([r["final"][d]["accuracy"] for r in runs]) for d in DIFFICULTIES]
@@ -168,8 +178,11 @@ def summarize(results, baseline):
             for d in DIFFICULTIES
         )
         fraction = fmt([r["final"]["train"].get("teacher_token_fraction") for r in runs], 2)
+        tokens = fmt([teacher_tokens(r) for r in runs], 0)
         lines.append(
-            f"| {name} | " + " | ".join(accuracies) + f" | {ratio:.2f}x | {rates} | {fraction} |"
+            f"| {name} | "
+            + " | ".join(accuracies)
+            + f" | {ratio:.2f}x | {tokens} | {rates} | {fraction} |"
         )
     lines += [
         "",

@@ -253,3 +253,13 @@ def test_offline_teacher_from_the_cli(preset_dirs, tmp_path, capsys):
     assert "packed for --max-new-tokens 48" in capsys.readouterr().err
     assert cli.main(common + ["--strategy", "on_policy"]) == 1
     assert "needs a teacher model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "distill"])
+def test_help_lists_the_features_and_their_options(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    out = capsys.readouterr().out
+    assert "docs/features/" in out
+    for option in ("--lora-rank", "--cross-entropy-weight", "--student-sampler", "cache-teacher"):
+        assert option in out
