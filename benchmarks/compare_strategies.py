@@ -28,6 +28,7 @@ import time
 import keras
 import keras_hub
 import numpy as np
+from provenance import git_commit  # benchmarks/provenance.py
 
 import adaswitch_keras as ak
 from adaswitch_keras import presets
@@ -341,6 +342,7 @@ def main(argv=None):
     results = {
         "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
         "backend": keras.backend.backend(),
+        "commit": git_commit(),
         "versions": {
             "keras": keras.__version__,
             "keras_hub": keras_hub.__version__,

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from provenance import git_commit  # benchmarks/provenance.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "..", "shared", "data", "gsm8k")
 
@@ -253,14 +255,8 @@ def main(argv=None):
     import keras_hub
     import numpy as np
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO
-    )
     results = {
-        "commit": commit + ("-dirty" if dirty.stdout.strip() else ""),
+        "commit": git_commit(),
         "backend": keras.backend.backend(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "versions": {

@@ -17,13 +17,13 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 
 import keras
 import keras_hub
 import numpy as np
+from provenance import git_commit  # benchmarks/provenance.py
 
 from adaswitch_keras import convert
 from adaswitch_keras import tiny
@@ -107,14 +107,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="docs/results/gguf_roundtrip")
     args = parser.parse_args(argv)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO
-    )
     results = {
-        "commit": commit + ("-dirty" if dirty.stdout.strip() else ""),
+        "commit": git_commit(),
         "backend": keras.backend.backend(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "versions": {"keras": keras.__version__, "keras_hub": keras_hub.__version__},

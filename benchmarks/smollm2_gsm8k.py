@@ -40,6 +40,7 @@ import sys
 import time
 
 import numpy as np
+from provenance import git_commit  # benchmarks/provenance.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.environ.get("GSM8K_DIR", os.path.join(REPO, "..", "shared", "data", "gsm8k"))
@@ -192,6 +193,7 @@ def main(argv=None):
             + (argv if argv is not None else sys.argv[1:])
         ),
         "backend": keras.backend.backend(),
+        "commit": git_commit(),
         "versions": {
             "keras": keras.__version__,
             "keras_hub": keras_hub.__version__,

@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from provenance import git_commit  # benchmarks/provenance.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -537,7 +539,7 @@ def main():
         with open(args.output, "w") as f:
             f.write(page)
         with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"results": results, "trl": trl}, f, indent=1)
+            json.dump({"commit": git_commit(), "results": results, "trl": trl}, f, indent=1)
     print(page)
     print(closing)
 

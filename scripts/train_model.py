@@ -16,12 +16,18 @@ pipeline on each epoch. Here the whole training set is tokenized once and
 import argparse
 import json
 import os
+import sys
 import time
 
 import keras
 import tensorflow as tf
 
 import adaswitch_keras as ak
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)
+from provenance import git_commit  # noqa: E402
 
 SIZES = {  # num_layers, hidden_dim, num_heads, intermediate_dim
     "teacher": dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512),
@@ -110,6 +116,7 @@ def main():
     os.makedirs(args.output, exist_ok=True)
     model.save_to_preset(args.output)
     report = {
+        "commit": git_commit(),
         "size": args.size,
         "parameters": model.count_params(),
         "task": TASK,

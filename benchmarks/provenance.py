@@ -1,0 +1,16 @@
+"""The git commit a results file was written at, for benchmarks and scripts."""
+
+import os
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit():
+    """HEAD's short hash, with "-dirty" when the tree has uncommitted changes."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    return commit + ("-dirty" if git("status", "--porcelain").strip() else "")
