@@ -299,7 +299,8 @@ class Distiller(keras.Model):
 
         Lists and dicts become one endless stream (`steps_per_epoch` defaults
         to one pass over them) that starts after the batches the optimizer
-        has already stepped on. With `keras.callbacks.BackupAndRestore`, a
+        has already stepped on, cut to the columns the rows use
+        (`Pipeline.used_width`). With `keras.callbacks.BackupAndRestore`, a
         killed run restarted with the same seed then ends with the same
         weights as one never stopped: the backup holds the weights, the
         optimizer (and its step count) and the rollout seed's state."""

@@ -101,13 +101,19 @@ class Pipeline:
 
     def training_stream(self, data, batch_size=None, needs_responses=True, shuffle=True):
         """Endless batches of in-memory rows, pass after pass, each pass in
-        an order drawn from (seed, pass number) alone, starting after the
-        `steps_taken` batches (read when iteration starts: `StreamStart`
+        an order drawn from (seed, pass number) alone, as wide as the rows
+        use (`used_width`), starting after the `steps_taken` batches (read when iteration starts: `StreamStart`
         sets it to the optimizer's step count, after any restore); and the
         number of steps of one pass. Full batches only, so compiled steps
         never see a new shape."""
         packed, size = self.packed_rows(data, needs_responses)
         rows = packed.batch(size).get_single_element()
+        # Padding columns that nothing reads or writes are cut (the rollout's
+        # random draws, one per column, are then those of a narrower batch):
+        # models and loss work on the columns in use, as Transformers'
+        # padding to the longest row does; one width, one compiled step.
+        width = self.used_width(rows)
+        rows = {key: value[:, :width] for key, value in rows.items()}
         seed = self.seed
 
         def one_pass(number):
@@ -131,6 +137,15 @@ class Pipeline:
 
         stream = tf.data.Dataset.range(1).flat_map(after_the_steps_taken)
         return stream.prefetch(tf.data.AUTOTUNE), -(-size // batch_size)
+
+    def used_width(self, rows):
+        """Columns that rows `{"padding_mask", "response_mask"}` `[N, T]`
+        use: the longest row, and at least the longest prompt plus
+        `max_new_tokens` (the rollout writes every row within its prompt plus
+        `max_new_tokens`)."""
+        tokens = np.sum(np.asarray(rows["padding_mask"], bool), axis=1)
+        responses = np.sum(np.asarray(rows["response_mask"], bool), axis=1)
+        return int(max(tokens.max(), (tokens - responses).max() + self.packer.max_new_tokens))
 
 
 class StreamStart(keras.callbacks.Callback):

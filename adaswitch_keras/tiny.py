@@ -35,10 +35,12 @@ _CLASSES = {
 }
 
 
-def _byte_level_vocabulary(special_tokens):
-    """The 256 byte symbols of byte-level BPE, the merged symbols, specials."""
+def _byte_level_vocabulary(special_tokens, size=None):
+    """The 256 byte symbols of byte-level BPE, the merged symbols, specials,
+    then unused filler tokens up to `size`."""
     _, symbols = bytes_to_unicode()
     tokens = list(symbols) + ["".join(m.split()) for m in _MERGES] + special_tokens
+    tokens += [f"<|unused_{i}|>" for i in range(max((size or 0) - len(tokens), 0))]
     return {token: i for i, token in enumerate(tokens)}
 
 
@@ -71,18 +73,24 @@ def _sentencepiece_proto():
     return model.getvalue()
 
 
-def tokenizer(architecture="qwen2"):
-    """The architecture's KerasHub tokenizer over a tiny in-memory vocabulary."""
-    return _new_tokenizer(architecture)
+def tokenizer(architecture="qwen2", size=None):
+    """The architecture's KerasHub tokenizer over a tiny in-memory vocabulary.
+
+    `size` pads a byte-level vocabulary with unused tokens to a real one's
+    size (151,936 for Qwen2), so that logits are as wide as a real model's.
+    """
+    return _new_tokenizer(architecture, size)
 
 
-def _new_tokenizer(architecture):
+def _new_tokenizer(architecture, size=None):
     _check_architecture(architecture)
     tokenizer_class = getattr(keras_hub.tokenizers, _CLASSES[architecture][0])
     if architecture == "gemma":
+        if size is not None:
+            raise ValueError("`size` pads byte-level vocabularies only, not Gemma's.")
         return tokenizer_class(proto=_sentencepiece_proto())
     return tokenizer_class(
-        vocabulary=_byte_level_vocabulary(_SPECIAL_TOKENS[architecture]),
+        vocabulary=_byte_level_vocabulary(_SPECIAL_TOKENS[architecture], size),
         merges=_MERGES,
     )
 
