@@ -42,7 +42,8 @@ FEATURES = """features, each with a page in docs/features/:
   samplers, TRL's names  --student-sampler, --teacher-sampler, --temperature
   what the teacher cost  teacher_calls, teacher_prefilled, teacher_scored,
                          teacher_decoded in the progress bar and history.json
-  GGUF for llama.cpp     adaswitch_keras.convert.save_gguf(model, path)"""
+  GGUF for llama.cpp     adaswitch_keras.convert.save_gguf(model, path)
+  large vocabularies     --loss-chunk-size 128 (the loss chunk by chunk)"""
 
 
 class UsageError(Exception):
@@ -181,6 +182,7 @@ def distill(args, teacher, student, train, test, task):
         student_sampler=args.student_sampler,
         teacher_sampler=args.teacher_sampler,
         cross_entropy_weight=args.cross_entropy_weight,
+        loss_chunk_size=args.loss_chunk_size,
         seed=args.seed,
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
@@ -375,6 +377,12 @@ def _training_arguments(parser, steps, batch_size, learning_rate, output):
         "--lora-rank", type=int, default=None, help="train LoRA factors of this rank only"
     )
     parser.add_argument(
+        "--loss-chunk-size",
+        type=int,
+        default=None,
+        help="compute the loss this many positions at a time (less memory at large vocabularies)",
+    )
+    parser.add_argument(
         "--beta", type=float, default=0.5, help="JSD beta for --divergence jsd (TRL's beta)"
     )
     parser.add_argument(
@@ -481,7 +489,16 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    for name in ("steps", "batch_size", "log_every", "eval_limit", "limit", "lora_rank", "top_k"):
+    for name in (
+        "steps",
+        "batch_size",
+        "log_every",
+        "eval_limit",
+        "limit",
+        "lora_rank",
+        "loss_chunk_size",
+        "top_k",
+    ):
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1.", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ import keras_hub
 from keras import ops
 
 from adaswitch_keras import _backend
+from adaswitch_keras import chunked_loss
 from adaswitch_keras import divergences
 from adaswitch_keras import lora
 from adaswitch_keras import strategies
@@ -59,7 +60,12 @@ class Distiller(keras.Model):
             default. Decisions do not depend on it, only speed.
         reuse_teacher_logits: train on the teacher logits the rollout
             computed instead of a second teacher forward. They take
-            B x T x V values of memory; `False` recomputes them.
+            B x T x V values of memory; `False` recomputes them (and so does
+            `loss_chunk_size`).
+        loss_chunk_size: compute the loss this many positions at a time
+            from the models' final hidden states, recomputing each chunk's
+            logits in the backward pass (`chunked_loss`): never B x T x V
+            logits at once, for large vocabularies. `None`: all at once.
         cross_entropy_weight: w in loss = (1 - w) divergence + w
             cross-entropy, each the mean over its tokens: the divergence over
             the response, the cross-entropy over the response tokens the
@@ -87,6 +93,7 @@ class Distiller(keras.Model):
         draft_length=None,
         reuse_teacher_logits=True,
         cross_entropy_weight=0.0,
+        loss_chunk_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -119,7 +126,17 @@ class Distiller(keras.Model):
             raise ValueError(
                 f"`draft_length` must be an integer >= 1. Received: draft_length={draft_length}"
             )
-        self.reuse_teacher_logits = reuse_teacher_logits
+        if loss_chunk_size is not None:
+            if not (isinstance(loss_chunk_size, int) and loss_chunk_size >= 1):
+                raise ValueError(
+                    "`loss_chunk_size` must be None or an integer >= 1. "
+                    f"Received: loss_chunk_size={loss_chunk_size!r}"
+                )
+            for role, model in (("teacher", teacher), ("student", student)):
+                if model is not None:
+                    chunked_loss.check_head(model, role)
+        self.loss_chunk_size = loss_chunk_size
+        self.reuse_teacher_logits = reuse_teacher_logits and loss_chunk_size is None
         self.teacher, self.student = teacher, student
         if teacher is not None:
             self.teacher.trainable = False
@@ -200,47 +217,80 @@ class Distiller(keras.Model):
     # -- 2. loss --------------------------------------------------------------
     def call(self, inputs, training=False):
         """Per-token divergence and cross-entropy `[B, T-1]` (position t
-        predicts token t+1)."""
+        predicts token t+1); with `loss_chunk_size`, chunk by chunk from the
+        models' hidden states (`chunked_loss`)."""
         check_batch(inputs)
         model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
-        student_logits = self.student(model_inputs, training=training)
-        student_logits = student_logits[:, :-1, : self.vocabulary_size]
-        targets = ops.expand_dims(inputs["token_ids"][:, 1:], -1)
-        log_probs = divergences.log_probs(student_logits)
-        cross_entropy = -ops.take_along_axis(log_probs, targets, axis=-1)[..., 0]
-        return {
-            "divergence": self.divergence_to_teacher(inputs, student_logits),
-            "cross_entropy": cross_entropy,
-        }
+        targets = inputs["token_ids"][:, 1:]
+        teacher = self.teacher_outputs(inputs)
+        names = sorted(teacher)
+        if self.loss_chunk_size is None:
+            student_logits = self.student(model_inputs, training=training)[:, :-1]
+            return self.token_losses(student_logits, targets, teacher)
 
-    def divergence_to_teacher(self, inputs, student_logits):
-        """The token divergence `[B, T-1]`, from the best teacher source the
-        batch has: the rollout's teacher logits, an offline teacher's top-k,
-        or a teacher forward."""
+        def chunk_losses(student_hidden, targets, *teacher_values):
+            student_logits = chunked_loss.head(self.student, student_hidden)
+            losses = self.token_losses(student_logits, targets, dict(zip(names, teacher_values)))
+            return losses["divergence"], losses["cross_entropy"]
+
+        student_hidden = self.student.backbone(model_inputs, training=training)[:, :-1]
+        divergence, cross_entropy = chunked_loss.map_chunks(
+            chunk_losses, self.loss_chunk_size, student_hidden, targets, *teacher.values()
+        )
+        return {"divergence": divergence, "cross_entropy": cross_entropy}
+
+    def teacher_outputs(self, inputs):
+        """What the loss reads of the teacher, `[B, T-1, ...]` (position t
+        predicts token t+1), from the best source the batch has: an offline
+        teacher's top-k, the rollout's kept `teacher_logits`, or a teacher
+        forward (its final hidden states `teacher_hidden`, with
+        `loss_chunk_size`)."""
         if divergences.TOP_K_KEYS[0] in inputs:  # an offline teacher (teacher_cache)
-            ids, log_probs = (inputs[key][:, 1:] for key in divergences.TOP_K_KEYS)
-            return divergences.top_k_divergence(
-                log_probs, ids, student_logits, self.divergence, beta=self.beta, alpha=self.alpha
-            )
+            return {key: inputs[key][:, 1:] for key in divergences.TOP_K_KEYS}
         if "teacher_logits" in inputs:  # kept by the rollout: column t+1 is predicted at t
-            teacher_logits = inputs["teacher_logits"][:, 1:]
-        elif self.teacher is None:
+            return {"teacher_logits": inputs["teacher_logits"][:, 1:]}
+        if self.teacher is None:
             raise ValueError(
                 "The Distiller has no teacher (teacher=None) and the batch no "
                 f"{divergences.TOP_K_KEYS}: train on `teacher_cache.dataset(path)`."
             )
+        model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
+        if self.loss_chunk_size is None:
+            return {"teacher_logits": self.teacher(model_inputs, training=False)[:, :-1]}
+        hidden = self.teacher.backbone(model_inputs, training=False)[:, :-1]
+        return {"teacher_hidden": ops.stop_gradient(hidden)}
+
+    def token_losses(self, student_logits, targets, teacher):
+        """Divergence to the teacher and cross-entropy of `targets`, per
+        token, from the student's logits and `teacher_outputs` (or a chunk
+        of each)."""
+        student_logits = student_logits[..., : self.vocabulary_size]
+        log_probs = divergences.log_probs(student_logits)
+        cross_entropy = -ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        if divergences.TOP_K_KEYS[0] in teacher:
+            ids, top_log_probs = (teacher[key] for key in divergences.TOP_K_KEYS)
+            divergence = divergences.top_k_divergence(
+                top_log_probs,
+                ids,
+                student_logits,
+                self.divergence,
+                beta=self.beta,
+                alpha=self.alpha,
+            )
+            return {"divergence": divergence, "cross_entropy": cross_entropy}
+        if "teacher_hidden" in teacher:
+            teacher_logits = chunked_loss.head(self.teacher, teacher["teacher_hidden"])
         else:
-            model_inputs = {k: inputs[k] for k in ("token_ids", "padding_mask")}
-            teacher_logits = self.teacher(model_inputs, training=False)
-            teacher_logits = teacher_logits[:, :-1, : self.vocabulary_size]
-        return divergences.token_divergence(
-            ops.stop_gradient(teacher_logits),
+            teacher_logits = teacher["teacher_logits"]
+        divergence = divergences.token_divergence(
+            ops.stop_gradient(teacher_logits[..., : self.vocabulary_size]),
             student_logits,
             self.divergence,
             beta=self.beta,
             alpha=self.alpha,
             temperature=self.temperature,
         )
+        return {"divergence": divergence, "cross_entropy": cross_entropy}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """(1 - w) x the mean divergence over response tokens + w x the mean

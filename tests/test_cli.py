@@ -124,6 +124,7 @@ def test_evaluate_prints_metrics(preset_dirs, tmp_path, capsys):
         (["demo", "--cross-entropy-weight", "step:0.5"], "--cross-entropy-weight takes"),
         (["demo", "--cross-entropy-weight", "1.5"], "--cross-entropy-weight takes"),
         (["demo", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+        (["demo", "--loss-chunk-size", "0"], "--loss-chunk-size must be at least 1"),
         (["distill", "--student", "preset_dirs"], "Give one of --teacher"),
         (
             ["distill", "--student", "preset_dirs", "--teacher-cache", "/no/cache.npz"],
@@ -215,6 +216,7 @@ def test_distill_options_reach_the_distiller(preset_dirs, tmp_path, monkeypatch)
     options = ["--student-sampler", "top_p:p=0.5", "--teacher-sampler", "top_k:k=3"]
     options += ["--temperature", "0.5", "--loss-temperature", "2.0", "--lora-rank", "2"]
     options += ["--cross-entropy-weight", "linear:0.5", "--max-new-tokens", "48"]
+    options += ["--loss-chunk-size", "16"]
     code = cli.main(
         ["distill", "--teacher", teacher, "--student", student, "--strategy", "on_policy"]
         + options
@@ -228,6 +230,7 @@ def test_distill_options_reach_the_distiller(preset_dirs, tmp_path, monkeypatch)
     assert isinstance(distiller.cross_entropy_weight, keras.optimizers.schedules.PolynomialDecay)
     trainable = {v.path for v in distiller.student.trainable_variables}
     assert trainable and all("lora_kernel" in path for path in trainable)
+    assert distiller.loss_chunk_size == 16
     report = check_outputs(tmp_path)
     assert {"cross_entropy", "teacher_calls", "teacher_decoded"} <= set(report["history"])
     assert (tmp_path / "student.lora.h5").stat().st_size > 0
@@ -261,5 +264,11 @@ def test_help_lists_the_features_and_their_options(command, capsys):
         cli.build_parser().parse_args([command, "--help"])
     out = capsys.readouterr().out
     assert "docs/features/" in out
-    for option in ("--lora-rank", "--cross-entropy-weight", "--student-sampler", "cache-teacher"):
+    for option in (
+        "--lora-rank",
+        "--cross-entropy-weight",
+        "--student-sampler",
+        "cache-teacher",
+        "--loss-chunk-size",
+    ):
         assert option in out

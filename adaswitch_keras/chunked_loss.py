@@ -1,0 +1,48 @@
+"""Token losses computed a chunk of positions at a time, from hidden states.
+
+With a real vocabulary (Qwen2's 151,936 tokens) the `[B, T, V]` float32
+logits of student and teacher, their log-probabilities and gradients decide
+how large a batch fits. Here the models run up to their final hidden states
+`[B, T, H]`; each chunk of `chunk_size` positions turns them into logits
+(`logits = token_embedding(h, reverse=True)`, the KerasHub causal LMs' head)
+and its losses, under `keras.remat`: the backward pass recomputes a chunk's
+logits instead of keeping them. At most one chunk's `[B, chunk, V]` values
+live at a time; loss and gradients are those of the plain path (the sum over
+the vocabulary and the embedding gradient add up in another order).
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def check_head(model, role):
+    """A clear error unless `model`'s logits are its backbone's hidden states
+    through `token_embedding(..., reverse=True)`, checked on two tokens."""
+    inputs = {"token_ids": ops.ones((1, 2), "int32"), "padding_mask": ops.ones((1, 2), "bool")}
+    plain = ops.convert_to_numpy(model(inputs))
+    from_head = ops.convert_to_numpy(head(model, model.backbone(inputs)))
+    if plain.shape != from_head.shape or not np.allclose(plain, from_head, rtol=1e-4, atol=1e-4):
+        raise ValueError(
+            f"`loss_chunk_size` computes logits as token_embedding(hidden states, "
+            f"reverse=True); the {role} ({type(model).__name__}) computes them otherwise. "
+            "Use loss_chunk_size=None for it."
+        )
+
+
+def head(model, hidden_states):
+    """The causal LM's logits from its backbone's final hidden states."""
+    return model.backbone.token_embedding(hidden_states, reverse=True)
+
+
+def map_chunks(function, chunk_size, *arrays):
+    """`function(*chunks)` on consecutive chunks of `chunk_size` positions
+    (axis 1) of `arrays`, rematerialized, the outputs (a tuple of `[B, n]`
+    tensors) concatenated back along axis 1."""
+    length = ops.shape(arrays[0])[1]
+    rematerialized = keras.remat(function)
+    outputs = [
+        rematerialized(*(array[:, start : start + chunk_size] for array in arrays))
+        for start in range(0, length, chunk_size)
+    ]
+    return tuple(ops.concatenate(parts, axis=1) for parts in zip(*outputs))
