@@ -8,9 +8,11 @@ A tiny Qwen2 teacher (2 layers, hidden 128) and student (2 layers, hidden 64)
 over a 151,936-token vocabulary (`tiny.tokenizer("qwen2", size=151936)`,
 Qwen2's size), batch 8, sequences of 512 tokens (256 of prompt, 256 of
 response), float32. Each (backend, strategy, chunk size) runs in its own
-process: it builds the models, takes one step to compile, then measures a
-second step's memory: the process's peak resident memory (VmHWM) above its
-resident memory just before that step. The models are this small so that
+process: it builds the models and a batch, then takes two steps (the first
+compiles); step memory is the process's peak resident memory (VmHWM) during
+the two steps above its resident memory just before them (freed memory
+stays resident, so a second step alone would show only what the first did
+not leave behind). Step time is the second step's. The models are this small so that
 the logits dominate, as they do for a 0.5B student with this vocabulary.
 The two paths' losses must agree (printed; `rtol` 1e-4 asserted).
 """
@@ -75,9 +77,9 @@ def worker(args):
         for i in range(args.batch_size)
     ]
     batch = {k: np.asarray(v) for k, v in next(iter(distiller.make_dataset(rows, args.batch_size))).items()}  # fmt: skip
-    distiller.train_on_batch(batch)  # compiles
     before = _status("VmRSS")
     _reset_peak()
+    distiller.train_on_batch(batch)  # compiles
     start = time.perf_counter()
     logs = distiller.train_on_batch(batch, return_dict=True)
     return {
@@ -135,7 +137,7 @@ def main():
         "",
         f"Written by `python benchmarks/chunked_loss_memory.py` at commit `{git_commit()}`, "
         f"{platform.machine()}, {os.cpu_count()} CPU cores. Step memory: peak resident memory "
-        "during one (compiled) step above the resident memory just before it.",
+        "during the first two steps above the resident memory just before them.",
         "",
         "| backend | strategy | batch x length | loss_chunk_size | step memory (MiB) | "
         "plain / chunked | loss | step (s) |",
