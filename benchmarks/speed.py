@@ -1,25 +1,31 @@
 """How fast the machinery is: every strategy's step against OnPolicy's,
 AdaSwitch against its floor and SKD, rollouts against KerasHub `generate`,
-and our on-policy step against TRL's `GKDTrainer`.
+and our on-policy step, part by part, against TRL's `GKDTrainer`.
 
     python benchmarks/speed.py --output docs/results/speed.md
-    python benchmarks/speed.py --smoke
+    python benchmarks/speed.py --quick      # JAX and TRL, < 10 min
+    python benchmarks/speed.py --smoke      # CI: runs, writes, no TRL
 
 Each backend runs in its own process on the shipped arithmetic teacher and
-student, one batch of the presets' task per round, the learning rate at 0 so
-that every round sees the same models. A round takes one step of every
-strategy side by side; ratios are medians of the per-round ratios.
+student, one batch of the presets' task per round (from the stream `fit`
+makes, cut to the columns the rows use), the learning rate at 0 so that every round sees the
+same models. A round takes one step of every strategy side by side; ratios
+are medians of the per-round ratios.
 
-AdaSwitch's floor is the unavoidable work for the sequences its step wrote
-(the same rollout, replayed from the step's seed), each part timed alone:
-the student's cached decode of the columns it wrote (with its prefill), one
-parallel teacher forward over the sequences, the teacher's cached decode of
-the columns it wrote, and the same gradient step on the finished batch.
+AdaSwitch's floor is the work no rollout can avoid for the sequences its
+step wrote (the same rollout, replayed from the step's seed), each model's
+work on each column counted once and each part timed alone (`Floor.times`):
+the student's prefill and cached decode of the columns it wrote; the
+teacher's prefill and parallel scoring of the student's columns before the
+first column it wrote, then its cached decode of the rest; and the same
+gradient step on the finished batch. It is a floor for a batched rollout on
+these models, not for other implementations of them.
 
 TRL (`benchmarks/trl_gkd.py`, Transformers models of the same shapes, torch
 CPU) runs in its own process after ours, decoding as many tokens per step as
-our on-policy rollout did; `onpolicy_over_trl` is the ratio of the medians
-of our fastest backend and TRL. The last line of the output is
+our on-policy rollout did, whole and part by part; `onpolicy_over_trl` is
+the ratio of JAX's median on-policy step and TRL's. The last line of
+the output is
 
     adaswitch_over_floor=R1 adaswitch_over_onpolicy=R2 adaswitch_over_skd=R3 onpolicy_over_trl=R4
 """
@@ -77,7 +83,7 @@ def worker(args):
         model.compile(optimizer=keras.optimizers.SGD(0.0))  # the same models every round
         return model
 
-    names = SMOKE_STRATEGIES if args.smoke else list(STRATEGIES)
+    names = SMOKE_STRATEGIES if args.smoke or args.quick else list(STRATEGIES)
     distillers = {name: distiller(STRATEGIES[name]()) for name in names}
     sweep = {}  # draft lengths, side by side in the same rounds (JAX only: compiling is cheap there)
     if backend == "jax" and args.draft_sweep:
@@ -85,10 +91,8 @@ def worker(args):
             for length in (1, 2, 4, 8):
                 sweep[f"{name} draft={length}"] = distiller(STRATEGIES[name](), draft_length=length)
     any_distiller = distillers["AdaSwitch(L=5, K=2)"]
-    batches = [
-        {k: np.asarray(v) for k, v in b.items()}
-        for b in any_distiller.make_dataset(rows, args.batch_size).take(args.rounds + 2)
-    ]
+    stream, _ = any_distiller.pipeline.training_stream(rows, args.batch_size)  # as `fit` cuts it
+    batches = [{k: np.asarray(v) for k, v in b.items()} for b in stream.take(args.rounds + 2)]
     prompt_length = float(
         np.mean((batches[0]["padding_mask"] & ~batches[0]["response_mask"]).sum(1))
     )
@@ -139,7 +143,8 @@ def worker(args):
             )
             if name == "OnPolicy":
                 onpolicy_written = {k: ops.convert_to_numpy(v) for k, v in out.items()}
-                row["onpolicy_floor"] = sum(floor.times(onpolicy_written, timed).values())
+                row["onpolicy_parts"] = floor.times(onpolicy_written, timed)
+                row["onpolicy_floor"] = sum(row["onpolicy_parts"].values())
         for who, model in generate.items():
             inputs = generate_inputs(batch)
             seconds, out = timed(
@@ -154,7 +159,13 @@ def worker(args):
     calls = {name: teacher_calls(model, teacher, batches[0]) for name, model in distillers.items()}
     return {
         "backend": backend,
+        "versions": {
+            "keras": keras.__version__,
+            "keras_hub": keras_hub.__version__,
+            backend: importlib.import_module(backend).__version__,
+        },
         "batch_size": args.batch_size,
+        "sequence_length": int(batches[0]["token_ids"].shape[1]),
         "prompt_length_mean": prompt_length,
         "max_new_tokens": presets.MAX_NEW_TOKENS,
         "draft_length": {name: model.draft_length for name, model in distillers.items()},
@@ -196,7 +207,8 @@ def compiled(function, *models):
 
 
 class Floor:
-    """The parts of AdaSwitch's step that no rollout can avoid, timed alone."""
+    """The parts of a step that no rollout can avoid, each model's work on
+    each column counted once, each part timed alone (`times`)."""
 
     def __init__(self, teacher, student, distiller, compiled):
         from keras import ops
@@ -205,10 +217,12 @@ class Floor:
 
         self.ops = ops
         self.teacher, self.student = teacher, student
-        self.prefill_and_decode = compiled(self._prefill_and_decode, student)
-        self.decode = compiled(self._decode, teacher)
+        self.run = {
+            name: compiled(lambda *x, model=model: self._run(model, *x), model)
+            for name, model in (("student", student), ("teacher", teacher))
+        }
         self.forward = compiled(lambda x: teacher(x)[..., : distiller.vocabulary_size], teacher)
-        self.build_cache = compiled(lambda tokens: teacher._build_cache(tokens)[1], teacher)
+        self.empty_caches = {}
 
         class GradientStepOnly(ak.Distiller):
             def rollout(self, inputs, keep_teacher_logits=False):
@@ -219,56 +233,66 @@ class Floor:
         )
         self.gradient.compile(optimizer=type(distiller.optimizer.inner_optimizer)(0.0))
 
-    def _loop(self, model, tokens, cache, start, stop):
+    def _run(self, model, prefix, tokens, cache, stop):
+        """One parallel call over the `prefix` columns, then one cached call
+        per column up to `stop`: the logits of columns 1 .. `stop`."""
         ops = self.ops
+        logits, _, cache = model.call_with_cache(prefix, cache, 0)
+        checksum = ops.sum(ops.argmax(logits, axis=-1))  # keeps the logits alive
 
-        def body(index, cache, checksum):  # the checksum keeps the logits alive
-            previous = ops.slice(tokens, [0, index - 1], [ops.shape(tokens)[0], 1])
-            logits, _, cache = model.call_with_cache(previous, cache, index - 1)
+        def body(index, cache, checksum):
+            previous = ops.slice(tokens, [0, index], [ops.shape(tokens)[0], 1])
+            logits, _, cache = model.call_with_cache(previous, cache, index)
             return index + 1, cache, checksum + ops.sum(ops.argmax(logits, axis=-1))
 
-        return ops.while_loop(
-            lambda i, c, s: i < stop, body, (start, cache, ops.zeros((), "int32"))
-        )[2]
+        start = ops.convert_to_tensor(ops.shape(prefix)[1], "int32")
+        return ops.while_loop(lambda i, c, s: i < stop, body, (start, cache, checksum))[2]
 
-    def _prefill_and_decode(self, tokens, start, stop):
-        return self._loop(self.student, tokens, self.student._build_cache(tokens)[1], start, stop)
+    def timed_run(self, name, tokens, parallel, stop, timed):
+        """`_run` on columns [0, parallel) at once, then [parallel, stop) one
+        by one; the parallel part's shape changes per batch, so one untimed
+        call compiles it first."""
+        import numpy as np
 
-    def _decode(self, tokens, cache, start, stop):
-        return self._loop(self.teacher, tokens, cache, start, stop)
+        model = {"student": self.student, "teacher": self.teacher}[name]
+        if name not in self.empty_caches:
+            self.empty_caches[name] = self.ops.zeros_like(model._build_cache(tokens)[1])
+        inputs = (tokens[:, :parallel], tokens, self.empty_caches[name], np.int32(stop))
+        self.run[name](*inputs)
+        return timed(self.run[name], *inputs)[0]
 
     def times(self, written, timed):
+        """Seconds of each part for the sequences `written`:
+
+        - student: its prefill up to the shortest prompt, then a cached
+          decode of every column up to the last one it wrote;
+        - teacher: one parallel call over the prompts and the student's
+          columns before the first column the teacher wrote (all columns
+          when it wrote none), then a cached decode of the rest: it scores
+          or writes every response column once;
+        - the gradient step on the finished batch (teacher logits given).
+        """
         import numpy as np
 
         ops = self.ops
         tokens = written["token_ids"].astype("int32")
         prompt = written["padding_mask"] & ~written["response_mask"]
-        student_columns = np.flatnonzero(
-            (written["response_mask"] & ~written["teacher_token_mask"]).any(0)
-        )
+        by_student = written["response_mask"] & ~written["teacher_token_mask"]
+        first = int(max(prompt.sum(1).min(), 1))
+        last = int(np.flatnonzero(written["response_mask"].any(0)).max())
+        seconds = {"student decode": 0.0}
+        if by_student.any():
+            last_by_student = int(np.flatnonzero(by_student.any(0)).max())
+            seconds["student decode"] = self.timed_run(
+                "student", tokens, first, last_by_student, timed
+            )
         teacher_columns = np.flatnonzero(written["teacher_token_mask"].any(0))
-        first = np.int32(max(prompt.sum(1).min(), 1))
-        prefix = np.where(prompt, tokens, 0)
-        seconds = {}
-        seconds["student decode"], _ = timed(
-            self.prefill_and_decode,
-            prefix,
-            first,
-            np.int32(student_columns.max() + 1 if len(student_columns) else first),
+        parallel = int(teacher_columns.min()) if len(teacher_columns) else last
+        seconds["teacher prefill+score+decode"] = self.timed_run(
+            "teacher", tokens, parallel, last, timed
         )
         inputs = {"token_ids": tokens, "padding_mask": written["padding_mask"]}
-        seconds["teacher forward"], logits = timed(self.forward, inputs)
-        seconds["teacher decode"] = 0.0
-        if len(teacher_columns):
-            cache = self.build_cache(tokens)  # as the forward above would leave it
-            seconds["teacher decode"], _ = timed(
-                self.decode,
-                tokens,
-                cache,
-                np.int32(teacher_columns.min()),
-                np.int32(teacher_columns.max() + 1),
-            )
-        logits = ops.convert_to_numpy(logits)
+        logits = ops.convert_to_numpy(self.forward(inputs))
         kept = np.concatenate(
             [np.zeros_like(logits[:, :1]), logits[:, :-1]], axis=1
         )  # column c: logits for token c
@@ -427,13 +451,12 @@ def summarize(results, trl):
             ]
             lines.append(f"| {names[start].split(' draft=')[0]} | " + " | ".join(cells) + " |")
     jax_result = next((r for r in results if r["backend"] == "jax"), first)
-    fastest = min(results, key=lambda r: median([x["steps"]["OnPolicy"] for x in r["rounds"]]))
     onpolicy_over_trl = float("nan")
     lines += ["", "## Against TRL's GKDTrainer (on-policy, lmbda=1)", ""]
     if trl is None:
         lines.append("TRL was not run (`trl` and `transformers` are not installed, or `--smoke`).")
     else:
-        ours = median([x["steps"]["OnPolicy"] for x in fastest["rounds"]])
+        ours = median([x["steps"]["OnPolicy"] for x in jax_result["rounds"]])
         onpolicy_over_trl = ours / trl["median_step_seconds"]
         lines += [
             f"TRL {trl['trl_version']}, Transformers {trl['transformers_version']}, torch CPU: "
@@ -455,10 +478,39 @@ def summarize(results, trl):
             )
         lines += [
             "",
-            "The OnPolicy floor is the unavoidable work of an on-policy step, each part timed alone as for "
-            "AdaSwitch above: the student's cached decode of its samples, one teacher forward, the gradient step. "
-            "No rollout can bring `onpolicy_over_trl` below the fastest backend's floor ratio.",
+            "The OnPolicy floor is the sum of the parts of an on-policy step, each timed alone "
+            "(below): what the step costs if the rollout and Keras added nothing around them.",
+            "",
+            "### The same parts, side by side (ms, medians)",
+            "",
+            "TRL's parts are Transformers calls at the same shapes "
+            "(`trl_gkd.transformers_parts_seconds`): the student's `generate`, a teacher "
+            "forward without gradients, the student's forward, loss, backward and AdamW step.",
+            "",
+            "| part | " + " | ".join(r["backend"] for r in results) + " | TRL / Transformers |",
+            "|---|" + "---|" * (len(results) + 1),
         ]
+        parts = {
+            "student generation": ("student decode", "student generate"),
+            "teacher forward": ("teacher prefill+score+decode", "teacher forward"),
+            "gradient step": ("gradient step", "gradient step"),
+        }
+        for label, (ours, theirs) in parts.items():
+            cells = [
+                f"{1000 * median([x['onpolicy_parts'][ours] for x in r['rounds']]):.0f}"
+                for r in results
+            ]
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + f" | {1000 * trl['parts'][theirs]:.0f} |"
+            )
+        cells = [
+            f"{1000 * median([x['steps']['OnPolicy'] for x in r['rounds']]):.0f}" for r in results
+        ]
+        lines.append(
+            "| whole on-policy step | "
+            + " | ".join(cells)
+            + f" | {1000 * trl['median_step_seconds']:.0f} |"
+        )
     closing = (
         f"adaswitch_over_floor={floor_ratio(jax_result):.2f} "
         f"adaswitch_over_onpolicy={step_ratio(jax_result, 'AdaSwitch(L=5, K=2)', 'OnPolicy'):.2f} "
@@ -467,8 +519,7 @@ def summarize(results, trl):
     )
     lines += [
         "",
-        f"The closing line: R1-R3 on JAX; R4 is the fastest backend's ({fastest['backend']}) "
-        "on-policy step over TRL's.",
+        f"The closing line, all on {jax_result['backend']}: R4 is its on-policy step over TRL's.",
         "",
         "    " + closing,
         "",
@@ -494,12 +545,19 @@ def main():
         "--smoke", action="store_true", help="3 rounds, batch 4, 3 strategies, JAX only, no TRL"
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the closing line's 3 strategies, JAX and TRL only, 3 warm rounds (< 10 min)",
+    )
+    parser.add_argument(
         "--output", default=None, help="write the Markdown page and a .json beside it"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke and not args.worker:
         args.rounds, args.batch_size, args.backends, args.draft_sweep = 1, 4, "jax", False
+    if args.quick and not args.worker:
+        args.rounds, args.backends, args.draft_sweep, args.trl_steps = 3, "jax", False, 6
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -516,6 +574,7 @@ def main():
             str(args.batch_size),
         ] + ([] if args.draft_sweep else ["--no-draft-sweep"])
         command += ["--smoke"] if args.smoke else []
+        command += ["--quick"] if args.quick else []
         env = {**os.environ, "KERAS_BACKEND": backend}
         start = time.perf_counter()
         out = subprocess.run(command, env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
@@ -524,6 +583,7 @@ def main():
 
     trl = None
     if not args.smoke and importlib.util.find_spec("trl") is not None:
+        from trl_gkd import transformers_parts_seconds
         from trl_gkd import trl_on_policy_step_seconds
 
         columns = int(
@@ -533,13 +593,22 @@ def main():
             args.batch_size, round(results[0]["prompt_length_mean"]), columns, steps=args.trl_steps
         )
         trl["max_new_tokens"] = columns
+        trl["parts"] = transformers_parts_seconds(
+            args.batch_size, round(results[0]["prompt_length_mean"]), columns
+        )
 
     page, closing = summarize(results, trl)
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             f.write(page)
         with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"commit": git_commit(), "results": results, "trl": trl}, f, indent=1)
+            settings = {k: v for k, v in vars(args).items() if k not in ("output", "worker")}
+            json.dump(
+                {"commit": git_commit(), "settings": settings, "results": results, "trl": trl},
+                f,
+                indent=1,
+            )
     print(page)
     print(closing)
 

@@ -340,6 +340,73 @@ def trl_on_policy_step_seconds(
     }
 
 
+def transformers_parts_seconds(
+    batch_size, prompt_length, max_new_tokens, rounds=5, warmup=2, seed=0, num_threads=None
+):
+    """The parts of TRL's on-policy step, each timed alone at its shapes, as
+    `benchmarks/speed.py` times ours: the student's `generate` (KV cache,
+    sampling, exactly `max_new_tokens`), one teacher forward over prompt +
+    completion without gradients, and the student's gradient step (forward,
+    forward KL to the teacher's logits over the completion, backward, AdamW).
+    Medians over `rounds` after `warmup`, in seconds."""
+    import torch
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    max_positions = max(160, prompt_length + max_new_tokens)
+    teacher, student = (
+        build_model(preset, "sdpa", max_positions, tokenizer.pad_token_id)
+        for preset in ("arithmetic-teacher", "arithmetic-student")
+    )
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    prompts = torch.randint(0, len(tokenizer), (batch_size, prompt_length))
+
+    def generate():
+        with torch.no_grad():
+            return student.generate(
+                prompts,
+                attention_mask=torch.ones_like(prompts),
+                do_sample=True,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+            )
+
+    sequences = generate()
+
+    def teacher_forward():
+        with torch.no_grad():
+            return teacher(sequences).logits
+
+    teacher_logits = teacher_forward()
+
+    def gradient_step():
+        logits = student(sequences).logits[:, prompt_length - 1 : -1]
+        log_p = torch.log_softmax(teacher_logits[:, prompt_length - 1 : -1], dim=-1)
+        loss = torch.nn.functional.kl_div(
+            torch.log_softmax(logits, dim=-1), log_p, log_target=True, reduction="none"
+        )
+        loss.sum(-1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    seconds = {}
+    for name, part in (
+        ("student generate", generate),
+        ("teacher forward", teacher_forward),
+        ("gradient step", gradient_step),
+    ):
+        times = []
+        for _ in range(warmup + rounds):
+            start = time.perf_counter()
+            part()
+            times.append(time.perf_counter() - start)
+        seconds[name] = statistics.median(times[warmup:])
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
