@@ -7,10 +7,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_commit():
-    """HEAD's short hash, with "-dirty" when the tree has uncommitted changes."""
+    """HEAD's short hash, with "-dirty" when tracked files have uncommitted
+    changes (untracked files, such as the results being written, do not
+    count)."""
 
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout
 
     commit = git("rev-parse", "--short", "HEAD").strip()
-    return commit + ("-dirty" if git("status", "--porcelain").strip() else "")
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
