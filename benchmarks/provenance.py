@@ -15,4 +15,6 @@ def git_commit():
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout
 
     commit = git("rev-parse", "--short", "HEAD").strip()
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+    return commit + (
+        "-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else ""
+    )
