@@ -87,6 +87,21 @@ def _current(scope, variable, value):
     return value if new_value is None else new_value
 
 
+def one_trace_per_width(model, kind, data):
+    """TensorFlow traces Keras' compiled steps with `reduce_retracing`: a
+    batch of a second width would get a step traced for an unknown width,
+    which the rollout's and the loss's static shapes reject. A new width
+    (of `data`, a batch or a `tf.data.Dataset`) drops the `kind` step
+    ("train", "test", "predict"), so it is traced anew, as `jax.jit` does."""
+    if keras.config.backend() != "tensorflow":
+        return
+    spec = getattr(data, "element_spec", data)
+    width = tuple(spec["token_ids"].shape)[1]
+    if model._step_widths.get(kind, width) != width:
+        setattr(model, f"{kind}_function", None)
+    model._step_widths[kind] = width
+
+
 def _inputs(data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     check_batch(x, y, sample_weight)

@@ -144,6 +144,7 @@ class Distiller(keras.Model):
         self.teacher_sampler = get_sampler(teacher_sampler)
         self.packer = PromptResponsePacker(student.preprocessor, self.max_new_tokens)
         self.pipeline = Pipeline(self.packer, seed)
+        self._step_widths = {}  # _backend.one_trace_per_width
         self.seed_generator = keras.random.SeedGenerator(seed)
 
         self.loss_trackers = [
@@ -374,8 +375,10 @@ class Distiller(keras.Model):
             callbacks = [*callbacks, StreamStart(self.pipeline)]  # last: after any restore
         else:
             x = self.make_dataset(x, batch_size, needs_responses=needs_truth)
+        _backend.one_trace_per_width(self, "train", x)
         if validation_data is not None:
             validation_data = self.make_dataset(validation_data, batch_size)
+            _backend.one_trace_per_width(self, "test", validation_data)
         with _backend.variables_kept_on_failure(self):
             return super().fit(
                 x, validation_data=validation_data, shuffle=False, callbacks=callbacks, **kwargs
@@ -388,28 +391,33 @@ class Distiller(keras.Model):
         Ground-truth responses are needed only by strategies that keep them."""
         needs_truth = not self.strategy.decoders or self.strategy.ground_truth_rate > 0
         data = self.make_dataset(x, batch_size, needs_responses=needs_truth)
+        _backend.one_trace_per_width(self, "predict", data)
         with _backend.variables_kept_on_failure(self):
             return super().predict(data, **kwargs)
 
     def evaluate(self, x=None, batch_size=None, **kwargs):
         """Divergence to the teacher on the ground-truth responses."""
         data = self.make_dataset(x, batch_size)
+        _backend.one_trace_per_width(self, "test", data)
         with _backend.variables_kept_on_failure(self):
             return super().evaluate(data, **kwargs)
 
     # A bad batch gets its clear error before Keras' compiled step runs.
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         check_batch(x, y, sample_weight)
+        _backend.one_trace_per_width(self, "train", x)
         with _backend.variables_kept_on_failure(self):
             return super().train_on_batch(x, **kwargs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
         check_batch(x, y, sample_weight)
+        _backend.one_trace_per_width(self, "test", x)
         with _backend.variables_kept_on_failure(self):
             return super().test_on_batch(x, **kwargs)
 
     def predict_on_batch(self, x):
         check_batch(x)
+        _backend.one_trace_per_width(self, "predict", x)
         with _backend.variables_kept_on_failure(self):
             return super().predict_on_batch(x)
 

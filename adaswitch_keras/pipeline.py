@@ -188,6 +188,13 @@ def check_batch(inputs, targets=None, sample_weight=None):
         )
     if shapes["token_ids"][0] == 0:
         raise ValueError("The batch is empty: it has no rows.")
+    if shapes["token_ids"][1] is None:
+        raise ValueError(
+            "Batches need a known width: the rollout's loops have static shapes. "
+            "Pad every batch to one length (`tf.data.Dataset.padded_batch` with "
+            "`padded_shapes`), or pass prompts and responses. Received shapes "
+            f"{shapes}."
+        )
     for key in PACKED_KEYS:
         dtype = getattr(inputs[key], "dtype", None)
         dtype = np.asarray(inputs[key]).dtype if dtype is None else getattr(dtype, "name", dtype)

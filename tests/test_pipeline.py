@@ -2,6 +2,8 @@
 
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -55,3 +57,38 @@ def test_fit_trains_on_batches_cut_to_the_used_width():
     assert width < 40
     history = distiller.fit(arithmetic_pairs(8), batch_size=4, epochs=1, verbose=0)
     assert history.history["teacher_prefilled"][-1] == 4 * width
+
+
+def test_fit_and_steps_on_batches_of_several_widths():
+    """One Distiller fitted on a list (cut to its used width), then on a
+    `tf.data.Dataset` (the preprocessor's full width), then stepped on a
+    batch of a third width: every width gets its own compiled step on every
+    backend (TensorFlow's `reduce_retracing` alone would trace one of
+    unknown width, which the rollout cannot run)."""
+    keras.utils.set_random_seed(0)
+    teacher = ak.tiny.causal_lm(num_layers=1, hidden_dim=16, sequence_length=64)
+    student = ak.tiny.causal_lm(num_layers=1, hidden_dim=16, sequence_length=64)
+    distiller = ak.Distiller(teacher, student, strategy="adaswitch", max_new_tokens=8, seed=0)
+    distiller.compile(optimizer="sgd")
+    pairs = arithmetic_pairs(8)
+    as_list = distiller.fit(pairs, batch_size=4, epochs=1, verbose=0).history
+    dataset = distiller.make_dataset(pairs, batch_size=4)
+    as_dataset = distiller.fit(dataset, epochs=1, verbose=0).history
+    batch = next(iter(dataset))
+    narrower = {key: np.asarray(value)[:, :48] for key, value in batch.items()}
+    logs = distiller.train_on_batch(narrower, return_dict=True)
+    assert as_list["teacher_prefilled"][-1] == 4 * distiller.pipeline.used_width(batch)
+    assert as_dataset["teacher_prefilled"][-1] == 4 * 64
+    assert logs["teacher_prefilled"] == 4 * 48
+    rollouts = distiller.predict(pairs, batch_size=4, verbose=0)
+    assert rollouts["token_ids"].shape == (8, 64)
+    assert np.isfinite([as_list["loss"][-1], as_dataset["loss"][-1], logs["loss"]]).all()
+
+
+def test_a_batch_of_unknown_width_is_a_clear_error():
+    spec = {
+        key: tf.TensorSpec((None, None), "int32")
+        for key in ("token_ids", "padding_mask", "response_mask")
+    }
+    with pytest.raises(ValueError, match="known width"):
+        ak.pipeline.check_batch(spec)
