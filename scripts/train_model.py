@@ -34,14 +34,17 @@ SIZES = {  # num_layers, hidden_dim, num_heads, intermediate_dim
     "student": dict(num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=256),
     "small_student": dict(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=128),
 }
-TASK, MAX_NEW_TOKENS = ak.presets.TASK, ak.presets.MAX_NEW_TOKENS
+TASKS = {  # the task's `ak.data.load` options and the room for its solutions
+    "arithmetic": (ak.presets.TASK, ak.presets.MAX_NEW_TOKENS),
+    "arithmetic-hard": (ak.presets.HARD_TASK, ak.presets.HARD_MAX_NEW_TOKENS),
+}
 
 
-def packed_dataset(model, rows, batch_size, seed):
+def packed_dataset(model, rows, batch_size, seed, max_new_tokens):
     """Tokenize once into next-token (x, y, sample_weight) with loss on the
     response only, then shuffle and batch the packed tensors forever."""
     packer = ak.preprocessing.PromptResponsePacker(
-        model.preprocessor, max_new_tokens=MAX_NEW_TOKENS
+        model.preprocessor, max_new_tokens=max_new_tokens
     )
 
     def next_token_data(packed):
@@ -71,6 +74,7 @@ def fit_packed(model, dataset, **kwargs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="teacher")
+    parser.add_argument("--task", choices=TASKS, default="arithmetic")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -87,9 +91,10 @@ def main():
         0.0, args.steps, alpha=0.1, warmup_target=args.learning_rate, warmup_steps=args.steps // 20
     )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01), sampler="greedy")
-    train = ak.data.load("arithmetic", "train", seed=args.seed, **TASK)
-    test = ak.data.load("arithmetic", "test", seed=args.seed, **TASK)
-    dataset = packed_dataset(model, train, args.batch_size, args.seed)
+    task, max_new_tokens = TASKS[args.task]
+    train = ak.data.load("arithmetic", "train", seed=args.seed, **task)
+    test = ak.data.load("arithmetic", "test", seed=args.seed, **task)
+    dataset = packed_dataset(model, train, args.batch_size, args.seed, max_new_tokens)
     print(
         f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems"
     )
@@ -119,7 +124,8 @@ def main():
         "commit": git_commit(),
         "size": args.size,
         "parameters": model.count_params(),
-        "task": TASK,
+        "task": task,
+        "max_new_tokens": max_new_tokens,
         "args": vars(args),
         "backend": keras.backend.backend(),
         "test_accuracy": final["accuracy"],

@@ -19,6 +19,12 @@ NAMES = ("arithmetic-teacher", "arithmetic-student")
 TASK = dict(steps=2, max_operand=20, operations="+-", distractors=0)
 # Room after each prompt for the solution: the longest is 40 tokens.
 MAX_NEW_TOKENS = 48
+# The harder setting of the strategy comparison (docs/results/strategies.md):
+# three operations with `*`, operands up to 50 and a distractor sentence, so
+# that an error early in the solution carries into every later line. Its
+# longest prompt is 170 tokens and its longest solution 54.
+HARD_TASK = dict(steps=3, max_operand=50, operations="+-*", distractors=1)
+HARD_MAX_NEW_TOKENS = 64
 
 
 def path(name):
