@@ -5,8 +5,10 @@
 
 Reproducible from `--seed` (same data, same initialisation). Every
 `--eval-every` steps it prints greedy exact-match accuracy on the first
-`--eval-limit` test problems; at the end it scores the whole test split,
-saves a KerasHub preset and writes `training.json` beside it.
+`--eval-limit` test problems (with `--patience`, it stops at the plateau:
+that many evaluations in a row without a new best); at the end it scores the
+whole test split, saves a KerasHub preset and writes `training.json` beside
+it.
 
 Speed: KerasHub's `CausalLM.fit` tokenizes every batch inside its tf.data
 pipeline on each epoch. Here the whole training set is tokenized once and
@@ -81,6 +83,12 @@ def main():
     parser.add_argument("--sequence-length", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-limit", type=int, default=128)
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="stop once this many evaluations in a row have not raised the best accuracy "
+        "(training to the SFT plateau)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
@@ -116,6 +124,10 @@ def main():
             }
         )
         print(json.dumps(log[-1]), flush=True)
+        best = max(range(len(log)), key=lambda i: log[i]["accuracy"])  # the first best
+        if args.patience and len(log) - 1 - best >= args.patience:
+            print(f"no gain in {args.patience} evaluations since step {log[best]['step']}: stopped")
+            break
 
     final = ak.evaluate(model, "arithmetic", examples=test, verbose=0)
     os.makedirs(args.output, exist_ok=True)
@@ -128,13 +140,15 @@ def main():
         "max_new_tokens": max_new_tokens,
         "args": vars(args),
         "backend": keras.backend.backend(),
+        "steps_done": done,
+        "seconds": time.perf_counter() - start,
         "test_accuracy": final["accuracy"],
         "log": log,
     }
     with open(os.path.join(args.output, "training.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(
-        f"test accuracy {final['accuracy']:.3f} after {args.steps} steps, {time.perf_counter() - start:.0f} s"
+        f"test accuracy {final['accuracy']:.3f} after {done} steps, {time.perf_counter() - start:.0f} s"
     )
 
 
