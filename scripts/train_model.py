@@ -93,6 +93,7 @@ def main():
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
 
+    commit = git_commit()  # the code that trains, before anything else can change it
     keras.utils.set_random_seed(args.seed)
     model = ak.tiny.causal_lm(**SIZES[args.size], sequence_length=args.sequence_length)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -133,7 +134,7 @@ def main():
     os.makedirs(args.output, exist_ok=True)
     model.save_to_preset(args.output)
     report = {
-        "commit": git_commit(),
+        "commit": commit,
         "size": args.size,
         "parameters": model.count_params(),
         "task": task,
