@@ -64,13 +64,47 @@ def packed_dataset(model, rows, batch_size, seed, max_new_tokens):
     return dataset.repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_packed(model, dataset, **kwargs):
-    """`CausalLM.fit` on packed data: the preprocessor is detached meanwhile."""
-    preprocessor, model.preprocessor = model.preprocessor, None
-    try:
-        return model.fit(dataset, shuffle=False, **kwargs)
-    finally:
-        model.preprocessor = preprocessor
+class Evaluation(keras.callbacks.Callback):
+    """Greedy test accuracy after every epoch (`--eval-every` steps), kept in
+    `log_path` so that a resumed run continues the log; stops training at
+    the plateau: `patience` evaluations in a row without a new best."""
+
+    def __init__(self, test, preprocessor, limit, log_path, patience):
+        super().__init__()
+        self.test, self.preprocessor, self.limit = test, preprocessor, limit
+        self.log_path, self.patience = log_path, patience
+        self.log = []
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                self.log = json.load(f)
+        self.seconds_before = self.log[-1]["seconds"] if self.log else 0.0
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.preprocessor = self.preprocessor  # generation needs it
+        try:
+            accuracy = ak.evaluate(
+                self.model, "arithmetic", examples=self.test, limit=self.limit, verbose=0
+            )["accuracy"]
+        finally:
+            self.model.preprocessor = None
+        step = (epoch + 1) * self.params["steps"]
+        self.log = [entry for entry in self.log if entry["step"] < step]  # a redone epoch
+        self.log.append(
+            {
+                "step": step,
+                "loss": float(logs["loss"]),
+                "accuracy": accuracy,
+                "seconds": self.seconds_before + time.perf_counter() - self.start,
+            }
+        )
+        with open(self.log_path, "w") as f:
+            json.dump(self.log, f)
+        print(json.dumps(self.log[-1]), flush=True)
+        best = max(range(len(self.log)), key=lambda i: self.log[i]["accuracy"])  # the first best
+        if self.patience and len(self.log) - 1 - best >= self.patience:
+            print(f"no gain in {self.patience} evaluations since step {self.log[best]['step']}")
+            self.model.stop_training = True
 
 
 def main():
@@ -90,8 +124,14 @@ def main():
         "(training to the SFT plateau)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backup-dir",
+        help="where a run keeps what it needs to resume (default .train_model_backup/<output name>)",
+    )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
+    if args.steps % args.eval_every:
+        parser.error("--steps must be a multiple of --eval-every")
 
     commit = git_commit()  # the code that trains, before anything else can change it
     keras.utils.set_random_seed(args.seed)
@@ -108,27 +148,30 @@ def main():
         f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems"
     )
 
-    start, done, log = time.perf_counter(), 0, []
-    while done < args.steps:
-        chunk = min(args.eval_every, args.steps - done)
-        history = fit_packed(model, dataset, epochs=1, steps_per_epoch=chunk, verbose=0)
-        done += chunk
-        accuracy = ak.evaluate(
-            model, "arithmetic", examples=test, limit=args.eval_limit, verbose=0
-        )["accuracy"]
-        log.append(
-            {
-                "step": done,
-                "loss": history.history["loss"][-1],
-                "accuracy": accuracy,
-                "seconds": time.perf_counter() - start,
-            }
+    # Killed, the same command resumes from the last evaluation: weights,
+    # optimizer and step from the backup, the log from beside it (the data
+    # stream starts over, in the same order).
+    backup = args.backup_dir or os.path.join(".train_model_backup", os.path.basename(args.output))
+    os.makedirs(backup, exist_ok=True)
+    preprocessor = model.preprocessor
+    evaluation = Evaluation(
+        test, preprocessor, args.eval_limit, os.path.join(backup, "log.json"), args.patience
+    )
+    model.preprocessor = None  # fit reads the packed data; generation gets it back
+    try:
+        model.fit(
+            dataset,
+            epochs=args.steps // args.eval_every,
+            steps_per_epoch=args.eval_every,
+            shuffle=False,
+            verbose=0,
+            # Evaluation first: its log is written before the backup that follows it.
+            callbacks=[evaluation, keras.callbacks.BackupAndRestore(backup)],
         )
-        print(json.dumps(log[-1]), flush=True)
-        best = max(range(len(log)), key=lambda i: log[i]["accuracy"])  # the first best
-        if args.patience and len(log) - 1 - best >= args.patience:
-            print(f"no gain in {args.patience} evaluations since step {log[best]['step']}: stopped")
-            break
+    finally:
+        model.preprocessor = preprocessor
+    log = evaluation.log
+    done = log[-1]["step"]
 
     final = ak.evaluate(model, "arithmetic", examples=test, verbose=0)
     os.makedirs(args.output, exist_ok=True)
@@ -142,15 +185,13 @@ def main():
         "args": vars(args),
         "backend": keras.backend.backend(),
         "steps_done": done,
-        "seconds": time.perf_counter() - start,
+        "seconds": log[-1]["seconds"],
         "test_accuracy": final["accuracy"],
         "log": log,
     }
     with open(os.path.join(args.output, "training.json"), "w") as f:
         json.dump(report, f, indent=1)
-    print(
-        f"test accuracy {final['accuracy']:.3f} after {done} steps, {time.perf_counter() - start:.0f} s"
-    )
+    print(f"test accuracy {final['accuracy']:.3f} after {done} steps, {log[-1]['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
