@@ -1,27 +1,37 @@
-"""Every strategy on identical code: the paper's comparison at CPU scale.
+"""Every strategy from the SFT plateau, on identical code: the paper's regime at CPU scale.
 
-    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --output docs/results/strategies
+    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage main --seeds 0 1 2
+    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage main --seeds 3 4 --resume
+    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage ablation --resume
+    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage grid --resume
     KERAS_BACKEND=jax python benchmarks/compare_strategies.py --smoke --output /tmp/smoke
 
-From the shipped arithmetic teacher and the shipped warm-up student (one SFT
-checkpoint for all), each strategy distils for the same steps, batch,
-learning rate, rollout length and sampling temperature, once per seed. The
-student is scored (greedy exact match) on the test split every
-`--eval-every` steps and, at the end, on an easier, the training and a
-harder difficulty; there a rollout of the final student also measures how
-often the strategy hands over to the teacher. A sweep of AdaSwitch's window L
-and multiplier K (one seed) runs on the same settings.
+The pair is the shipped `arithmetic-hard-teacher` and `arithmetic-hard-student`,
+a student trained with SFT until its test accuracy stopped improving, well
+below its teacher (docs/presets.md). Every run distils a fresh copy of that
+student for the same steps, batch, learning rate and rollout length, once per
+seed (data order and rollout sampling). `SFT-continued`, the same steps of
+cross-entropy on ground truth, is the control: what more training alone does.
 
-Writes to `--output`: `results.json` (every number, with versions, backend
-and seeds), `table.md`, `accuracy_vs_step.png`, `adaswitch_dynamics.png`,
-`sweep.png`.
+Stages, each a separate invocation (none needs more than 2.5 hours here), all
+writing into one `results.json`, which `--resume` extends:
+- `main`: the strategies of `MAIN` on `--seeds` (5 seeds for the page);
+- `ablation`: AdaSwitch's switching divergence (`ABLATION`), `--seeds`;
+- `grid`: AdaSwitch's window L x multiplier K (`GRID`), `--seeds`;
+- `report`: only the page, from `results.json` (every stage ends with it).
+
+Each run records the test accuracy (greedy exact match) every `--eval-every`
+steps, the final accuracy on three difficulties, and, for strategies where
+both models write, the final student's switch rate and switch position on
+each difficulty. The page (`<output>.md`, beside the `<output>/` folder) is
+generated from `results.json`: means with 95% t-intervals over seeds, and
+AdaSwitch's paired difference (same seeds) against every other strategy.
 """
 
 import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -32,36 +42,83 @@ from provenance import git_commit  # benchmarks/provenance.py
 
 import adaswitch_keras as ak
 from adaswitch_keras import presets
+from adaswitch_keras.callbacks import StepTimer
 from adaswitch_keras.callbacks import TaskEvaluation
 from adaswitch_keras.plotting import subplots
 
-STRATEGIES = {
-    "SFT": ak.strategies.SFT,
-    "SupervisedKD": ak.strategies.SupervisedKD,
-    "SeqKD": ak.strategies.SeqKD,
-    "OnPolicy": ak.strategies.OnPolicy,
-    "GKD(lmbda=0.5)": lambda: ak.strategies.GKD(lmbda=0.5),
-    "SKD(top_k=5)": lambda: ak.strategies.SKD(top_k=5),
-    "Switch(tau0=0.2, decay=0.05)": lambda: ak.strategies.Switch(tau0=0.2, decay=0.05),
-    "AdaSwitch(L=5, K=2)": lambda: ak.strategies.AdaSwitch(window=5, k=2.0),
+ADASWITCH = "AdaSwitch(L=5, K=2)"  # the method; the paper's defaults
+CONTROL = "SFT-continued"
+
+
+def _skd_reference_samplers():
+    """SKD with the SKD reference's samplers: the student proposes at
+    temperature 0.5 / top-p 0.5, the teacher samples at 0.2 / top-p 0.5."""
+    return dict(
+        strategy=ak.SKD(top_k=25),
+        student_sampler=keras_hub.samplers.TopPSampler(p=0.5, temperature=0.5),
+        teacher_sampler=keras_hub.samplers.TopPSampler(p=0.5, temperature=0.2),
+    )
+
+
+# Name -> the Distiller's keyword arguments (strategy and samplers). Kim and
+# Rush's SeqKD (cross-entropy on teacher samples) is the SeqKD baseline;
+# SeqKD-divergence is TRL's `seq_kd=True` (the token divergence on them).
+MAIN = {
+    CONTROL: lambda: dict(strategy=ak.SFT()),
+    "SupervisedKD": lambda: dict(strategy=ak.SupervisedKD()),
+    "SeqKD": lambda: dict(strategy=ak.SeqKD()),
+    "SeqKD-divergence": lambda: dict(strategy=ak.SeqKDDivergence()),
+    "OnPolicy": lambda: dict(strategy=ak.OnPolicy()),
+    "GKD(lmbda=0.5)": lambda: dict(strategy=ak.GKD(lmbda=0.5)),
+    "SKD(top_k=25)": lambda: dict(strategy=ak.SKD(top_k=25)),
+    "SKD(top_k=25, reference samplers)": _skd_reference_samplers,
+    "Switch(tau0=0.2, decay=0.05)": lambda: dict(strategy=ak.Switch(tau0=0.2, decay=0.05)),
+    ADASWITCH: lambda: dict(strategy=ak.AdaSwitch(window=5, k=2.0)),
 }
+# The switching score's divergence (forward KL is the main run's AdaSwitch).
+ABLATION = {
+    ADASWITCH: MAIN[ADASWITCH],
+    **{
+        f"AdaSwitch(L=5, K=2, switch on {kind})": (
+            lambda kind=kind: dict(strategy=ak.AdaSwitch(window=5, k=2.0, divergence=kind))
+        )
+        for kind in ("reverse_kl", "jsd")
+    },
+}
+WINDOWS, MULTIPLIERS = (2, 5, 10), (1.5, 2.0, 3.0)
+GRID = {
+    (ADASWITCH if (w, k) == (5, 2.0) else f"AdaSwitch(L={w}, K={k:g})"): (
+        lambda w=w, k=k: dict(strategy=ak.AdaSwitch(window=w, k=k))
+    )
+    for w in WINDOWS
+    for k in MULTIPLIERS
+}
+STAGES = {"main": MAIN, "ablation": ABLATION, "grid": GRID}
 # --smoke (CI): one strategy of each kind of rollout (none, the student's, both models').
-SMOKE_STRATEGIES = ("SFT", "OnPolicy", "AdaSwitch(L=5, K=2)")
-# One knob at a time around (L=5, K=2): the window at K=2, the multiplier at L=5.
-SWEEP = [(2, 2.0), (5, 2.0), (10, 2.0), (5, 1.5), (5, 3.0)]
-# The presets' task with smaller and larger operands. The teacher knows only
-# two-step problems (one or three steps: 0% on 8 problems), so difficulty
-# varies the operands: it scores 100% / 100% / 80% on 128 problems of each.
+SMOKE = (CONTROL, "OnPolicy", ADASWITCH)
+# Test sets of increasing difficulty: the operand range around the training task's.
 DIFFICULTIES = {
-    "easier": {**presets.TASK, "max_operand": 10},
-    "train": dict(presets.TASK),
-    "harder": {**presets.TASK, "max_operand": 30},
+    "easier": {**presets.HARD_TASK, "max_operand": 20},
+    "train": dict(presets.HARD_TASK),
+    "harder": {**presets.HARD_TASK, "max_operand": 99},
 }
+# Settings that must be equal for runs to be compared (and resumed).
+COMPARED = (
+    "teacher",
+    "student",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "eval_every",
+    "eval_limit",
+    "test_size",
+    "rollout_limit",
+)
 
 
 def handover(distiller, rows, batch_size):
-    """Switch rate, teacher-token fraction and switch positions of the final
-    student's rollouts on `rows` (no training)."""
+    """Switch rate, teacher-token fraction and switch positions (tokens
+    into the response) of the final student's rollouts on `rows`."""
     out = distiller.predict(rows, batch_size, verbose=0)
     response, teacher = out["response_mask"].astype(bool), out["teacher_token_mask"].astype(bool)
     switched = teacher.any(axis=1)
@@ -73,15 +130,21 @@ def handover(distiller, rows, batch_size):
     }
 
 
-def run(name, strategy, seed, teacher, train, tests, args):
-    """Distil a fresh copy of the warm-up student; every number of one run."""
+def accuracy(model, rows, batch_size):
+    return ak.evaluate(model, "arithmetic", examples=rows, batch_size=batch_size, verbose=0)[
+        "accuracy"
+    ]
+
+
+def run(name, make, seed, teacher, train, tests, args):
+    """Distil a fresh copy of the SFT student with `make()`'s settings."""
     keras.utils.set_random_seed(seed)
-    student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
+    student = keras_hub.models.CausalLM.from_preset(args.student)
     distiller = ak.Distiller(
-        teacher, student, strategy=strategy, max_new_tokens=presets.MAX_NEW_TOKENS, seed=seed
+        teacher, student, max_new_tokens=presets.HARD_MAX_NEW_TOKENS, seed=seed, **make()
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
-    clock = ak.callbacks.StepTimer()
+    clock = StepTimer()
     evaluation = TaskEvaluation(
         "arithmetic",
         tests["train"][: args.eval_limit],
@@ -97,189 +160,356 @@ def run(name, strategy, seed, teacher, train, tests, args):
         callbacks=[clock, evaluation],
         verbose=0,
     ).history
-    seconds = time.perf_counter() - start
     result = {
-        "strategy": name,
+        "name": name,
         "config": repr(distiller.strategy),
         "seed": seed,
-        "seconds": seconds,
+        "commit": git_commit(),
+        "seconds": time.perf_counter() - start,
         "step_seconds_median": clock.median(),
+        "teacher_tokens_per_step": teacher_tokens(history),
         "history": history,
         "accuracy_vs_step": evaluation.history,
         "final": {},
     }
     for difficulty, rows in tests.items():
-        metrics = ak.evaluate(
-            student, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
-        )
-        result["final"][difficulty] = {"accuracy": metrics["accuracy"]}
+        final = {"accuracy": accuracy(student, rows, args.eval_batch_size)}
         if distiller.strategy.decoders == ("student", "teacher"):
-            rollout_rows = rows[: args.rollout_limit]
-            result["final"][difficulty].update(
-                handover(distiller, rollout_rows, args.eval_batch_size)
-            )
-    accuracy = result["final"]["train"]["accuracy"]
+            final.update(handover(distiller, rows[: args.rollout_limit], args.eval_batch_size))
+        result["final"][difficulty] = final
     print(
-        f"{name:<30} seed {seed}: accuracy {accuracy:.3f}, "
-        f"{result['step_seconds_median'] * 1000:.0f} ms/step, {seconds:.0f} s",
+        f"{name:<40} seed {seed}: accuracy {result['final']['train']['accuracy']:.3f}, "
+        f"{result['step_seconds_median'] * 1000:.0f} ms/step, {result['seconds']:.0f} s",
         flush=True,
     )
     return result
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def fmt(values, digits=3):
-    mean, std = mean_std(values)
-    return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def teacher_tokens(run):
+def teacher_tokens(history):
     """The teacher's tokens per step (prefilled + scored + decoded, as the
-    Distiller logs them), averaged over the run; for equal-cost comparisons."""
-    history = run["history"]
-    parts = [history.get(key) for key in ("teacher_prefilled", "teacher_scored", "teacher_decoded")]
-    if not all(parts):
-        return None
-    return float(np.mean([sum(step) for step in zip(*parts)]))
-
-
-def summarize(results, baseline):
-    """The Markdown tables: strategies (mean ± std over seeds), then the sweep."""
-    by_strategy = {}
-    for r in results["runs"]:
-        by_strategy.setdefault(r["strategy"], []).append(r)
-    base = statistics.median(r["step_seconds_median"] for r in by_strategy[baseline])
-    lines = [
-        "| strategy | "
-        + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
-        + f" | step time / {baseline} | teacher tokens / step | switch rate (easier / train / harder) | teacher-token fraction (train) |",
-        "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|---|",
+    Distiller logs them), averaged over the run's epochs."""
+    parts = [
+        history.get(key, []) for key in ("teacher_prefilled", "teacher_scored", "teacher_decoded")
     ]
-    lines.append(
-        "| warm-up student (start) | "
-        + " | ".join(f"{results['warm_up_student_accuracy'][d]:.3f}" for d in DIFFICULTIES)
-        + " | | | | |"
-    )
-    lines.append(
-        "| teacher | "
-        + " | ".join(f"{results['teacher_accuracy'][d]:.3f}" for d in DIFFICULTIES)
-        + " | | | | |"
-    )
-    for name, runs in by_strategy.items():
-        accuracies = [fmt([r["final"][d]["accuracy"] for r in runs]) for d in DIFFICULTIES]
-        ratio = statistics.median(r["step_seconds_median"] for r in runs) / base
-        rates = " / ".join(
-            fmt([r["final"][d].get("switch_rate") for r in runs], 2).split(" ±")[0]
-            for d in DIFFICULTIES
+    return float(np.mean([sum(step) for step in zip(*parts)])) if all(parts) else 0.0
+
+
+# -- statistics ---------------------------------------------------------------
+def interval(values, confidence=0.95):
+    """Mean and the t-interval of the mean over seeds: (mean, low, high); a
+    single value has no interval (low = high = None)."""
+    from scipy import stats  # a dependency of JAX
+
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1)
+    half /= np.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def paired(runs_a, runs_b, difficulty="train"):
+    """A's accuracy minus B's on the seeds both have: (interval, seeds)."""
+    a = {r["seed"]: r["final"][difficulty]["accuracy"] for r in runs_a}
+    b = {r["seed"]: r["final"][difficulty]["accuracy"] for r in runs_b}
+    seeds = sorted(set(a) & set(b))
+    return interval([a[s] - b[s] for s in seeds]) if seeds else (None, None, None), seeds
+
+
+def verdict(low, high):
+    if low is None:
+        return "one seed: no interval"
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return "within noise"
+
+
+def show(mean, low, high):
+    """A fraction as percent, with its interval when there is one."""
+    if mean is None:
+        return "-"
+    if low is None:
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+# -- the page -------------------------------------------------------------------
+def by_name(results):
+    runs = {}
+    for r in results["runs"]:
+        runs.setdefault(r["name"], []).append(r)
+    return runs
+
+
+def report(results, output):
+    """`<output>.md` and its plots, from `results.json` alone."""
+    runs = by_name(results)
+    folder = os.path.basename(output.rstrip("/"))
+    settings = results["settings"]
+    commits = sorted({r["commit"] for r in results["runs"]})
+    lines = [
+        "# Strategies compared from the SFT plateau",
+        "",
+        "Generated by `benchmarks/compare_strategies.py` from "
+        f"[results.json]({folder}/results.json); do not edit by hand.",
+        "",
+        f"- Commit(s) of the runs: {', '.join(f'`{c}`' for c in commits) or '-'}"
+        + (" (**more than one: runs made at different commits**)" if len(commits) > 1 else ""),
+        f"- Commands: {'; '.join(f'`{c}`' for c in results['commands'])}",
+        f"- Backend {results['backend']}, {results['machine']}; versions "
+        + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        f"- Settings: {settings['steps']} steps, batch {settings['batch_size']}, AdamW "
+        f"{settings['learning_rate']:g}, `max_new_tokens={presets.HARD_MAX_NEW_TOKENS}`, "
+        "both models sample at temperature 1 unless the row says otherwise, forward KL "
+        "loss; accuracy = greedy exact match, in percent; "
+        f"{settings['test_size']} test problems per difficulty; intervals are 95% t-intervals "
+        "over seeds.",
+        f"- Teacher `{os.path.basename(settings['teacher'])}`, student "
+        f"`{os.path.basename(settings['student'])}` (docs/presets.md).",
+        f"- Compute: {sum(r['seconds'] for r in results['runs']) / 3600:.1f} h of runs.",
+        "",
+        "## Main comparison",
+        "",
+        "| strategy | seeds | accuracy (train difficulty) | easier | harder | "
+        "teacher tokens / step | step time (ms, median) |",
+        "|---|---|---|---|---|---|---|",
+        "| teacher | | "
+        + " | ".join(
+            f"{100 * results['teacher_accuracy'][d]:.1f}" for d in ("train", "easier", "harder")
         )
-        fraction = fmt([r["final"]["train"].get("teacher_token_fraction") for r in runs], 2)
-        tokens = fmt([teacher_tokens(r) for r in runs], 0)
+        + " | | |",
+        "| SFT student (start) | | "
+        + " | ".join(
+            f"{100 * results['student_accuracy'][d]:.1f}" for d in ("train", "easier", "harder")
+        )
+        + " | | |",
+    ]
+    for name in [n for n in MAIN if n in runs]:
+        group = runs[name]
+        cells = [
+            show(*interval([r["final"][d]["accuracy"] for r in group]))
+            for d in ("train", "easier", "harder")
+        ]
+        tokens = np.mean([r["teacher_tokens_per_step"] for r in group])
+        step = np.median([r["step_seconds_median"] for r in group]) * 1000
         lines.append(
-            f"| {name} | "
-            + " | ".join(accuracies)
-            + f" | {ratio:.2f}x | {tokens} | {rates} | {fraction} |"
+            f"| {name} | {len(group)} | " + " | ".join(cells) + f" | {tokens:,.0f} | {step:.0f} |"
         )
+    reading = []
+    if ADASWITCH in runs:
+        lines += [
+            "",
+            f"## {ADASWITCH} minus each strategy (paired by seed, train difficulty)",
+            "",
+            "| baseline | seeds | difference (points) | AdaSwitch is |",
+            "|---|---|---|---|",
+        ]
+        for name in [n for n in MAIN if n in runs and n != ADASWITCH]:
+            (mean, low, high), seeds = paired(runs[ADASWITCH], runs[name])
+            if not seeds:
+                continue
+            lines.append(
+                f"| {name} | {len(seeds)} | {show(mean, low, high)} | {verdict(low, high)} |"
+            )
+            reading.append((name, verdict(low, high)))
+    lines += ["", "## Reading", ""] + reading_lines(reading, runs, results)
+    lines += difficulty_section(runs)
+    lines += ablation_section(runs)
+    lines += grid_section(runs)
+    plot(results, runs, output)
     lines += [
         "",
-        "| AdaSwitch sweep | "
-        + " | ".join(f"accuracy ({d})" for d in DIFFICULTIES)
-        + " | switch rate (train) | mean switch position (train) | teacher-token fraction (train) |",
-        "|---|" + "---|" * len(DIFFICULTIES) + "---|---|---|",
+        "## Plots",
+        "",
+        f"![accuracy vs step]({folder}/accuracy_vs_step.png)",
+        "",
+        f"![AdaSwitch grid]({folder}/grid.png)" if grid_complete(runs) else "",
     ]
-    for r in results["sweep"]:
-        final = r["final"]
-        positions = final["train"]["switch_positions"]
-        lines.append(
-            f"| L={r['window']}, K={r['k']} | "
-            + " | ".join(f"{final[d]['accuracy']:.3f}" for d in DIFFICULTIES)
-            + f" | {final['train']['switch_rate']:.2f} | "
-            + (f"{np.mean(positions):.1f}" if positions else "-")
-            + f" | {final['train']['teacher_token_fraction']:.2f} |"
+    with open(output.rstrip("/") + ".md", "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+
+
+def reading_lines(reading, runs, results):
+    """Sentences the intervals support, and nothing more."""
+    if not reading:
+        return ["Not enough runs yet for a comparison."]
+    phrases = {
+        "higher": "AdaSwitch is more accurate than {} (the paired 95% interval is above zero).",
+        "lower": "AdaSwitch is less accurate than {} (the paired 95% interval is below zero).",
+        "within noise": "AdaSwitch and {} are within noise (the paired 95% interval contains zero).",
+        "one seed: no interval": "AdaSwitch against {}: one seed, no claim.",
+    }
+    out = []
+    for kind, phrase in phrases.items():
+        names = [n for n, v in reading if v == kind]
+        if names:
+            out.append("- " + phrase.format("; ".join(names)))
+    if CONTROL in runs:
+        (mean, low, high) = interval(
+            [
+                r["final"]["train"]["accuracy"] - results["student_accuracy"]["train"]
+                for r in runs[CONTROL]
+            ]
         )
-    return "\n".join(lines) + "\n"
+        moved = verdict(low, high)
+        out.append(
+            f"- The control ({CONTROL}) moved the student by {show(mean, low, high)} points "
+            "from its start: "
+            + (
+                "the student was still improving, so compare strategies with the control, "
+                "not with the start."
+                if moved == "higher"
+                else f"{moved} (more training alone did not raise it)."
+            )
+        )
+    return out
 
 
-def plot(results, output):
-    runs = results["runs"]
+def difficulty_section(runs):
+    switching = [n for n in MAIN if n in runs and "switch_rate" in runs[n][0]["final"]["train"]]
+    if not switching:
+        return []
+    lines = [
+        "",
+        "## Hand-over by difficulty (final students' rollouts)",
+        "",
+        "Does the switch rate follow difficulty? Difficulties vary the operand range: "
+        + ", ".join(f"{d} `max_operand={o['max_operand']}`" for d, o in DIFFICULTIES.items())
+        + ".",
+        "",
+        "| strategy | "
+        + " | ".join(f"switch rate ({d})" for d in DIFFICULTIES)
+        + " | "
+        + " | ".join(f"mean switch position ({d})" for d in DIFFICULTIES)
+        + " |",
+        "|---|" + "---|" * (2 * len(DIFFICULTIES)),
+    ]
+    for name in switching:
+        rates = [
+            show(*interval([r["final"][d]["switch_rate"] for r in runs[name]]))
+            for d in DIFFICULTIES
+        ]
+        positions = []
+        for d in DIFFICULTIES:
+            values = sum((r["final"][d]["switch_positions"] for r in runs[name]), [])
+            positions.append(f"{np.mean(values):.1f}" if values else "-")
+        lines.append(f"| {name} | " + " | ".join(rates + positions) + " |")
+    lines.append("")
+    lines.append("(switch rates in percent of sequences; positions in tokens into the response)")
+    return lines
+
+
+def ablation_section(runs):
+    names = [n for n in ABLATION if n in runs]
+    if len(names) < 2:
+        return []
+    lines = [
+        "",
+        "## Ablation: AdaSwitch's switching divergence",
+        "",
+        "| switching score | seeds | accuracy (train) | switch rate (train) | "
+        f"difference to {ADASWITCH} (paired) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        group = runs[name]
+        acc = show(*interval([r["final"]["train"]["accuracy"] for r in group]))
+        rate = show(*interval([r["final"]["train"]["switch_rate"] for r in group]))
+        if name == ADASWITCH:
+            difference = "(reference)"
+        else:
+            (mean, low, high), _ = paired(group, runs[ADASWITCH])
+            difference = f"{show(mean, low, high)}: {verdict(low, high)}"
+        lines.append(f"| {name} | {len(group)} | {acc} | {rate} | {difference} |")
+    return lines
+
+
+def grid_complete(runs):
+    return all(name in runs for name in GRID)
+
+
+def grid_section(runs):
+    if not grid_complete(runs):
+        return []
+    names = list(GRID)
+    lines = [
+        "",
+        "## AdaSwitch's window L x multiplier K (accuracy, train difficulty)",
+        "",
+        "| L \\ K | " + " | ".join(f"{k:g}" for k in MULTIPLIERS) + " |",
+        "|---|" + "---|" * len(MULTIPLIERS),
+    ]
+    for i, w in enumerate(WINDOWS):
+        cells = []
+        for j in range(len(MULTIPLIERS)):
+            group = runs[names[i * len(MULTIPLIERS) + j]]
+            cells.append(show(*interval([r["final"]["train"]["accuracy"] for r in group])))
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(results, runs, output):
     figure, axis = subplots(figsize=(8, 5))
-    for name in dict.fromkeys(r["strategy"] for r in runs):
-        curves = [r["accuracy_vs_step"] for r in runs if r["strategy"] == name]
+    for name in [n for n in MAIN if n in runs]:
+        curves = [r["accuracy_vs_step"] for r in runs[name]]
         steps = [0] + [p["step"] for p in curves[0]]
-        start = results["warm_up_student_eval_accuracy"]
-        values = np.array([[start] + [p["eval_accuracy"] for p in c] for c in curves])
+        start = results["student_eval_accuracy"]
+        values = 100 * np.array([[start] + [p["eval_accuracy"] for p in c] for c in curves])
         axis.plot(steps, values.mean(0), marker=".", label=name)
-        axis.fill_between(steps, values.min(0), values.max(0), alpha=0.12)
-    axis.set_xlabel("training step")
-    axis.set_ylabel("test accuracy (greedy exact match)")
-    axis.set_title(f"Student accuracy, mean and range over seeds {results['seeds']}")
+        if len(curves) > 1:
+            low, high = zip(*(interval(column)[1:] for column in values.T))
+            axis.fill_between(steps, low, high, alpha=0.12)
+    axis.axhline(100 * results["teacher_accuracy"]["train"], color="k", ls=":", label="teacher")
+    axis.set(
+        xlabel="training step",
+        ylabel="test accuracy, % (greedy exact match)",
+        title="Student accuracy from the SFT plateau (mean, 95% interval over seeds)",
+    )
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(os.path.join(output, "accuracy_vs_step.png"), dpi=120)
 
-    adaswitch = [r for r in runs if r["strategy"].startswith("AdaSwitch")]
-    every = results["settings"]["eval_every"]
-    figure, axes = subplots(1, 3, figsize=(14, 4))
-    for r in adaswitch:
-        steps = [(i + 1) * every for i in range(len(r["history"]["divergence"]))]
-        axes[0].plot(steps, r["history"]["divergence"], marker=".", label=f"seed {r['seed']}")
-        axes[1].plot(steps, r["history"]["switch_rate"], marker=".", label=f"seed {r['seed']}")
-    axes[0].set(
-        xlabel="training step",
-        ylabel="mean divergence KL(p_T || p_S)",
-        title="Divergence (training rollouts)",
-    )
-    axes[1].set(
-        xlabel="training step",
-        ylabel="switch rate",
-        title="Sequences that switched (training rollouts)",
-    )
-    axes[1].set_ylim(-0.05, 1.05)
-    positions = [
-        sum((r["final"][d]["switch_positions"] for r in adaswitch), []) for d in DIFFICULTIES
-    ]
-    axes[2].hist(positions, bins=range(0, presets.MAX_NEW_TOKENS + 1, 2), label=list(DIFFICULTIES))
-    axes[2].set(
-        xlabel="switch position in the response (tokens)",
-        ylabel="sequences",
-        title="Switch positions, final students",
-    )
-    for axis in axes:
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(os.path.join(output, "adaswitch_dynamics.png"), dpi=120)
+    if grid_complete(runs):
+        names = list(GRID)
+        values = np.array(
+            [np.mean([r["final"]["train"]["accuracy"] for r in runs[n]]) for n in names]
+        ).reshape(len(WINDOWS), len(MULTIPLIERS))
+        figure, axis = subplots(figsize=(5, 4))
+        image = axis.imshow(100 * values, cmap="viridis")
+        for (i, j), value in np.ndenumerate(values):
+            axis.text(j, i, f"{100 * value:.1f}", ha="center", va="center", color="w")
+        axis.set_xticks(range(len(MULTIPLIERS)), [f"K={k:g}" for k in MULTIPLIERS])
+        axis.set_yticks(range(len(WINDOWS)), [f"L={w}" for w in WINDOWS])
+        axis.set_title("AdaSwitch accuracy (%), mean over seeds")
+        figure.colorbar(image)
+        figure.tight_layout()
+        figure.savefig(os.path.join(output, "grid.png"), dpi=120)
 
-    labels = [f"L={r['window']}, K={r['k']}" for r in results["sweep"]]
-    figure, axes = subplots(1, 2, figsize=(10, 3.6))
-    for axis, key, title in (
-        (axes[0], "accuracy", "test accuracy"),
-        (axes[1], "switch_rate", "switch rate"),
-    ):
-        values = [r["final"]["train"][key] for r in results["sweep"]]
-        axis.bar(labels, values, color="tab:blue")
-        for i, value in enumerate(values):
-            axis.text(i, value, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
-        axis.set_title(f"AdaSwitch sweep (seed {results['seeds'][0]}): {title}")
-        axis.tick_params(axis="x", labelrotation=30, labelsize=8)
-        axis.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    figure.savefig(os.path.join(output, "sweep.png"), dpi=120)
+
+# -- driver ---------------------------------------------------------------------
+def tiny_pair(output):
+    """Untrained tiny presets for --smoke, which checks the machinery only."""
+    paths = []
+    for role, layers in (("teacher", 2), ("student", 1)):
+        path = os.path.join(output, f"tiny-{role}")
+        model = ak.tiny.causal_lm(num_layers=layers, hidden_dim=16, sequence_length=256)
+        model.save_to_preset(path)
+        paths.append(path)
+    return paths
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--stage", choices=[*STAGES, "report"], default="main")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--eval-every", type=int, default=20, help="steps between test evaluations")
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations")
     parser.add_argument(
         "--eval-limit", type=int, default=200, help="test problems scored during training"
     )
@@ -287,19 +517,21 @@ def main(argv=None):
         "--test-size", type=int, default=500, help="test problems per difficulty at the end"
     )
     parser.add_argument(
-        "--rollout-limit", type=int, default=128, help="test prompts rolled out for the switch rate"
+        "--rollout-limit", type=int, default=128, help="test prompts rolled out for hand-over"
     )
     parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--output", default="docs/results/strategies")
+    parser.add_argument("--teacher", help="a preset; the shipped arithmetic-hard-teacher")
+    parser.add_argument("--student", help="a preset; the shipped arithmetic-hard-student")
+    parser.add_argument("--output", default="docs/results/strategies_plateau")
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep the finished runs of an interrupted run in --output",
+        help="add to the runs in --output/results.json (same settings), skipping those done",
     )
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="three strategies and one sweep point for 2 steps, tiny evaluations (CI)",
+        help="an untrained tiny pair, three strategies, 2 steps, tiny evaluations (CI)",
     )
     args = parser.parse_args(argv)
     if args.smoke:
@@ -307,102 +539,91 @@ def main(argv=None):
         args.eval_limit = args.test_size = args.rollout_limit = args.eval_batch_size = 8
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
+    if args.smoke and not (args.teacher or args.student):
+        args.teacher, args.student = tiny_pair(args.output)
+    args.teacher = args.teacher or presets.path("arithmetic-hard-teacher")
+    args.student = args.student or presets.path("arithmetic-hard-student")
     os.makedirs(args.output, exist_ok=True)
+    saved = os.path.join(args.output, "results.json")
+    settings = {key: getattr(args, key) for key in COMPARED}
+    command = " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:]))
 
-    teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
-    train = ak.data.load("arithmetic", "train", **presets.TASK)
+    if os.path.exists(saved) and (args.resume or args.stage == "report"):
+        with open(saved) as f:
+            results = json.load(f)
+        different = {
+            key: (results["settings"][key], value)
+            for key, value in settings.items()
+            if results["settings"].get(key) != value
+        }
+        if different and args.stage != "report":
+            parser.error(
+                f"{saved} was made with other settings (saved, now): {different}. "
+                "Use the same settings or another --output."
+            )
+        if args.stage == "report":
+            report(results, args.output)
+            return
+        results["commands"].append(command)
+    elif args.stage == "report":
+        parser.error(f"No {saved} to report on.")
+    elif os.path.exists(saved):
+        parser.error(f"{saved} exists: pass --resume to add to it, or another --output.")
+    else:
+        results = None
+
+    teacher = keras_hub.models.CausalLM.from_preset(args.teacher)
+    train = ak.data.load(
+        "arithmetic", "train", limit=64 if args.smoke else None, **presets.HARD_TASK
+    )
     tests = {
         d: ak.data.load("arithmetic", "test", limit=args.test_size, **o)
         for d, o in DIFFICULTIES.items()
     }
-    teacher_accuracy = {
-        d: ak.evaluate(
-            teacher, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
-        )["accuracy"]
-        for d, rows in tests.items()
-    }
-    warm_up = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
-    warm_up_accuracy = {
-        d: ak.evaluate(
-            warm_up, "arithmetic", examples=rows, batch_size=args.eval_batch_size, verbose=0
-        )["accuracy"]
-        for d, rows in tests.items()
-    }
-    warm_up_curve_start = ak.evaluate(  # step 0 of every accuracy-vs-step curve
-        warm_up,
-        "arithmetic",
-        examples=tests["train"][: args.eval_limit],
-        batch_size=args.eval_batch_size,
-        verbose=0,
-    )["accuracy"]
-    print(
-        f"teacher accuracy: {teacher_accuracy}\nwarm-up student accuracy: {warm_up_accuracy}",
-        flush=True,
-    )
-    results = {
-        "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-        "backend": keras.backend.backend(),
-        "commit": git_commit(),
-        "versions": {
-            "keras": keras.__version__,
-            "keras_hub": keras_hub.__version__,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "seeds": args.seeds,
-        "settings": vars(args),
-        "difficulties": DIFFICULTIES,
-        "teacher_accuracy": teacher_accuracy,
-        "warm_up_student_accuracy": warm_up_accuracy,
-        "warm_up_student_eval_accuracy": warm_up_curve_start,
-        "runs": [],
-        "sweep": [],
-    }
-    done = {}  # (name, seed) -> run, kept from an interrupted run with --resume
-    saved = os.path.join(args.output, "results.json")
-    if args.resume and os.path.exists(saved):
-        with open(saved) as f:
-            previous = json.load(f)
-        if (
-            previous["settings"]["steps"] == args.steps
-            and previous["backend"] == results["backend"]
-        ):
-            done = {(r["strategy"], r["seed"]): r for r in previous["runs"] + previous["sweep"]}
-            results["seconds_before_resume"] = previous.get("total_seconds", 0.0)
-    start = time.perf_counter()
-
-    def checkpoint():  # after every run: an interruption loses one run at most
-        results["total_seconds"] = (
-            results.get("seconds_before_resume", 0.0) + time.perf_counter() - start
+    if results is None:
+        student = keras_hub.models.CausalLM.from_preset(args.student)
+        results = {
+            "commands": [command],
+            "backend": keras.backend.backend(),
+            "versions": {
+                "keras": keras.__version__,
+                "keras_hub": keras_hub.__version__,
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+            },
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "settings": settings,
+            "difficulties": DIFFICULTIES,
+            "teacher_accuracy": {
+                d: accuracy(teacher, rows, args.eval_batch_size) for d, rows in tests.items()
+            },
+            "student_accuracy": {
+                d: accuracy(student, rows, args.eval_batch_size) for d, rows in tests.items()
+            },
+            "student_eval_accuracy": accuracy(  # step 0 of every accuracy-vs-step curve
+                student, tests["train"][: args.eval_limit], args.eval_batch_size
+            ),
+            "runs": [],
+        }
+        print(
+            f"teacher accuracy {results['teacher_accuracy']}, "
+            f"SFT student accuracy {results['student_accuracy']}",
+            flush=True,
         )
-        with open(saved, "w") as f:
-            json.dump(results, f, indent=1)
-
-    def run_once(name, make, seed):
-        if (name, seed) not in done:
-            done[(name, seed)] = run(name, make(), seed, teacher, train, tests, args)
-        return done[(name, seed)]
-
+    done = {(r["name"], r["seed"]) for r in results["runs"]}
+    strategies = STAGES[args.stage]
     for seed in args.seeds:
-        for name, make in STRATEGIES.items():
-            if args.smoke and name not in SMOKE_STRATEGIES:
+        for name, make in strategies.items():
+            if (args.smoke and name not in SMOKE) or (name, seed) in done:
                 continue
-            results["runs"].append(run_once(name, make, seed))
-            checkpoint()
-    for window, k in SWEEP[:2] if args.smoke else SWEEP:
-        name = "AdaSwitch(L=5, K=2)" if (window, k) == (5, 2.0) else f"AdaSwitch(L={window}, K={k})"
-        result = run_once(
-            name, lambda window=window, k=k: ak.strategies.AdaSwitch(window, k), args.seeds[0]
-        )
-        results["sweep"].append({**result, "window": window, "k": k})
-        checkpoint()
-    table = summarize(results, baseline="OnPolicy")
-    print(table)
-    with open(os.path.join(args.output, "table.md"), "w") as f:
-        f.write(table)
-    plot(results, args.output)
-    print(f"{results['total_seconds']:.0f} s; outputs in {os.path.abspath(args.output)}")
+            results["runs"].append(run(name, make, seed, teacher, train, tests, args))
+            done.add((name, seed))
+            with open(saved, "w") as f:  # after every run: an interruption loses one run
+                json.dump(results, f, indent=1)
+    with open(saved, "w") as f:
+        json.dump(results, f, indent=1)
+    report(results, args.output)
+    print(f"page: {os.path.abspath(args.output.rstrip('/') + '.md')}")
 
 
 if __name__ == "__main__":
