@@ -25,8 +25,9 @@
 # | `AdaSwitch(window, k)` | the student until d_i > K x its window mean, then the teacher | divergence |
 #
 # This is a short run for reading; `benchmarks/compare_strategies.py` runs
-# the full comparison (3 seeds, 3 difficulties, a sweep of L and K) and
-# `docs/results/strategies.md` shows its results.
+# the full comparison (from an SFT-plateau student on a harder task, with an
+# SFT-continued control, 5 seeds, 95% intervals, an L x K grid) and writes
+# its page; `docs/results/strategies.md` shows an earlier, warm-up regime.
 
 # %%
 import os
