@@ -11,6 +11,10 @@ from scipy import stats
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import compare_strategies as cs  # noqa: E402
 
+from conftest import once  # noqa: E402
+
+pytestmark = once  # conftest.ONCE_BACKEND
+
 DIFFICULTIES = ("easier", "train", "harder")
 
 
