@@ -8,7 +8,10 @@ Reproducible from `--seed` (same data, same initialisation). Every
 `--eval-limit` test problems (with `--patience`, it stops at the plateau:
 that many evaluations in a row without a new best); at the end it scores the
 whole test split, saves a KerasHub preset and writes `training.json` beside
-it.
+it. A killed run resumes from its last evaluation when the same command is
+run again (its backup is in `.train_model_backup/<output name>`);
+`training.json` lists the steps it resumed at, and its `seconds` count the
+kept epochs and each process's start, not the lost part of a killed epoch.
 
 Speed: KerasHub's `CausalLM.fit` tokenizes every batch inside its tf.data
 pipeline on each epoch. Here the whole training set is tokenized once and
@@ -18,6 +21,7 @@ pipeline on each epoch. Here the whole training set is tokenized once and
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -69,15 +73,12 @@ class Evaluation(keras.callbacks.Callback):
     `log_path` so that a resumed run continues the log; stops training at
     the plateau: `patience` evaluations in a row without a new best."""
 
-    def __init__(self, test, preprocessor, limit, log_path, patience):
+    def __init__(self, test, preprocessor, limit, log_path, patience, log):
         super().__init__()
         self.test, self.preprocessor, self.limit = test, preprocessor, limit
-        self.log_path, self.patience = log_path, patience
-        self.log = []
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                self.log = json.load(f)
-        self.seconds_before = self.log[-1]["seconds"] if self.log else 0.0
+        self.log_path, self.patience, self.log = log_path, patience, log
+        # Training time of the evaluations kept (a killed epoch's part is not counted).
+        self.seconds_before = log[-1]["seconds"] if log else 0.0
         self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,7 +90,6 @@ class Evaluation(keras.callbacks.Callback):
         finally:
             self.model.preprocessor = None
         step = (epoch + 1) * self.params["steps"]
-        self.log = [entry for entry in self.log if entry["step"] < step]  # a redone epoch
         self.log.append(
             {
                 "step": step,
@@ -105,6 +105,35 @@ class Evaluation(keras.callbacks.Callback):
         if self.patience and len(self.log) - 1 - best >= self.patience:
             print(f"no gain in {self.patience} evaluations since step {self.log[best]['step']}")
             self.model.stop_training = True
+
+
+def resume_state(backup, args):
+    """The step a killed run with these `args` resumes at (0 for a new
+    run) and its log up to that step; a backup of other arguments is an
+    error."""
+    os.makedirs(backup, exist_ok=True)
+    saved_args = os.path.join(backup, "args.json")
+    if os.path.exists(saved_args):
+        with open(saved_args) as f:
+            saved = json.load(f)
+        if saved != args:
+            sys.exit(
+                f"{backup} holds a run with other arguments: {saved}. Rerun with "
+                "those to resume it, or delete the folder to start over."
+            )
+    with open(saved_args, "w") as f:
+        json.dump(args, f)
+    metadata = os.path.join(backup, "training_metadata.json")  # BackupAndRestore's
+    if not os.path.exists(metadata):
+        return 0, []
+    with open(metadata) as f:
+        step = json.load(f)["epoch"] * args["eval_every"]
+    with open(os.path.join(backup, "log.json")) as f:
+        log = [entry for entry in json.load(f) if entry["step"] <= step]
+    if log:
+        log[-1]["resumed"] = True
+    print(f"resuming at step {step}", flush=True)
+    return step, log
 
 
 def main():
@@ -148,14 +177,15 @@ def main():
         f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems"
     )
 
-    # Killed, the same command resumes from the last evaluation: weights,
-    # optimizer and step from the backup, the log from beside it (the data
-    # stream starts over, in the same order).
-    backup = args.backup_dir or os.path.join(".train_model_backup", os.path.basename(args.output))
-    os.makedirs(backup, exist_ok=True)
+    # Killed, the same command resumes where the last backup was made, as if
+    # never stopped: weights, optimizer and step (BackupAndRestore), the data
+    # stream after the batches already seen, and the log up to that step.
+    backup = os.path.join(".train_model_backup", os.path.basename(args.output))
+    resumed_step, log = resume_state(backup, vars(args))
+    dataset = dataset.skip(resumed_step)
     preprocessor = model.preprocessor
     evaluation = Evaluation(
-        test, preprocessor, args.eval_limit, os.path.join(backup, "log.json"), args.patience
+        test, preprocessor, args.eval_limit, os.path.join(backup, "log.json"), args.patience, log
     )
     model.preprocessor = None  # fit reads the packed data; generation gets it back
     try:
@@ -166,7 +196,10 @@ def main():
             shuffle=False,
             verbose=0,
             # Evaluation first: its log is written before the backup that follows it.
-            callbacks=[evaluation, keras.callbacks.BackupAndRestore(backup)],
+            callbacks=[
+                evaluation,
+                keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+            ],
         )
     finally:
         model.preprocessor = preprocessor
@@ -185,12 +218,14 @@ def main():
         "args": vars(args),
         "backend": keras.backend.backend(),
         "steps_done": done,
+        "resumed_at_steps": [entry["step"] for entry in log if entry.get("resumed")],
         "seconds": log[-1]["seconds"],
         "test_accuracy": final["accuracy"],
         "log": log,
     }
     with open(os.path.join(args.output, "training.json"), "w") as f:
         json.dump(report, f, indent=1)
+    shutil.rmtree(backup)  # only now: a kill before this point resumes
     print(f"test accuracy {final['accuracy']:.3f} after {done} steps, {log[-1]['seconds']:.0f} s")
 
 
