@@ -11,6 +11,7 @@ outside its `GradientTape`.
 import contextlib
 
 import keras
+import numpy as np
 
 from adaswitch_keras.pipeline import check_batch
 
@@ -95,8 +96,8 @@ def one_trace_per_width(model, kind, data):
     ("train", "test", "predict"), so it is traced anew, as `jax.jit` does."""
     if keras.config.backend() != "tensorflow":
         return
-    spec = getattr(data, "element_spec", data)
-    width = tuple(spec["token_ids"].shape)[1]
+    token_ids = getattr(data, "element_spec", data)["token_ids"]
+    width = tuple(getattr(token_ids, "shape", None) or np.shape(token_ids))[1]
     if model._step_widths.get(kind, width) != width:
         setattr(model, f"{kind}_function", None)
     model._step_widths[kind] = width

@@ -188,9 +188,9 @@ def check_batch(inputs, targets=None, sample_weight=None):
         )
     if shapes["token_ids"][0] == 0:
         raise ValueError("The batch is empty: it has no rows.")
-    if shapes["token_ids"][1] is None:
+    if shapes["token_ids"][1] is None and keras.config.backend() == "tensorflow":
         raise ValueError(
-            "Batches need a known width: the rollout's loops have static shapes. "
+            "On TensorFlow, batches need a known width: the rollout's loops have static shapes. "
             "Pad every batch to one length (`tf.data.Dataset.padded_batch` with "
             "`padded_shapes`), or pass prompts and responses. Received shapes "
             f"{shapes}."
