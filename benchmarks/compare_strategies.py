@@ -113,6 +113,7 @@ COMPARED = (
     "eval_limit",
     "test_size",
     "rollout_limit",
+    "max_new_tokens",
 )
 
 
@@ -141,7 +142,7 @@ def run(name, make, seed, teacher, train, tests, args):
     keras.utils.set_random_seed(seed)
     student = keras_hub.models.CausalLM.from_preset(args.student)
     distiller = ak.Distiller(
-        teacher, student, max_new_tokens=presets.HARD_MAX_NEW_TOKENS, seed=seed, **make()
+        teacher, student, max_new_tokens=args.max_new_tokens, seed=seed, **make()
     )
     distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
     clock = StepTimer()
@@ -164,7 +165,7 @@ def run(name, make, seed, teacher, train, tests, args):
         "name": name,
         "config": repr(distiller.strategy),
         "seed": seed,
-        "commit": git_commit(),
+        "commit": args.commit,
         "seconds": time.perf_counter() - start,
         "step_seconds_median": clock.median(),
         "teacher_tokens_per_step": teacher_tokens(history),
@@ -247,6 +248,11 @@ def by_name(results):
 def report(results, output):
     """`<output>.md` and its plots, from `results.json` alone."""
     runs = by_name(results)
+    if CONTROL in runs:  # main tables: the main stage's seeds (grid or ablation may add others)
+        seeds = {r["seed"] for r in runs[CONTROL]}
+        main_runs = {n: [r for r in runs[n] if r["seed"] in seeds] for n in MAIN if n in runs}
+    else:
+        main_runs = {n: runs[n] for n in MAIN if n in runs}
     folder = os.path.basename(output.rstrip("/"))
     settings = results["settings"]
     commits = sorted({r["commit"] for r in results["runs"]})
@@ -262,7 +268,7 @@ def report(results, output):
         f"- Backend {results['backend']}, {results['machine']}; versions "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         f"- Settings: {settings['steps']} steps, batch {settings['batch_size']}, AdamW "
-        f"{settings['learning_rate']:g}, `max_new_tokens={presets.HARD_MAX_NEW_TOKENS}`, "
+        f"{settings['learning_rate']:g}, `max_new_tokens={settings['max_new_tokens']}`, "
         "both models sample at temperature 1 unless the row says otherwise, forward KL "
         "loss; accuracy = greedy exact match, in percent; "
         f"{settings['test_size']} test problems per difficulty; intervals are 95% t-intervals "
@@ -287,8 +293,8 @@ def report(results, output):
         )
         + " | | |",
     ]
-    for name in [n for n in MAIN if n in runs]:
-        group = runs[name]
+    for name in list(main_runs):
+        group = main_runs[name]
         cells = [
             show(*interval([r["final"][d]["accuracy"] for r in group]))
             for d in ("train", "easier", "harder")
@@ -299,27 +305,30 @@ def report(results, output):
             f"| {name} | {len(group)} | " + " | ".join(cells) + f" | {tokens:,.0f} | {step:.0f} |"
         )
     reading = []
-    if ADASWITCH in runs:
+    if ADASWITCH in main_runs:
         lines += [
             "",
             f"## {ADASWITCH} minus each strategy (paired by seed, train difficulty)",
             "",
+            "Each interval is for its own comparison, not corrected for the "
+            f"{len(main_runs) - 1} comparisons made.",
+            "",
             "| baseline | seeds | difference (points) | AdaSwitch is |",
             "|---|---|---|---|",
         ]
-        for name in [n for n in MAIN if n in runs and n != ADASWITCH]:
-            (mean, low, high), seeds = paired(runs[ADASWITCH], runs[name])
+        for name in [n for n in MAIN if n in main_runs and n != ADASWITCH]:
+            (mean, low, high), seeds = paired(main_runs[ADASWITCH], main_runs[name])
             if not seeds:
                 continue
             lines.append(
                 f"| {name} | {len(seeds)} | {show(mean, low, high)} | {verdict(low, high)} |"
             )
             reading.append((name, verdict(low, high)))
-    lines += ["", "## Reading", ""] + reading_lines(reading, runs, results)
-    lines += difficulty_section(runs)
+    lines += ["", "## Reading", ""] + reading_lines(reading, main_runs, results)
+    lines += difficulty_section(main_runs, results["difficulties"])
     lines += ablation_section(runs)
     lines += grid_section(runs)
-    plot(results, runs, output)
+    plot(results, main_runs, runs, output)
     lines += [
         "",
         "## Plots",
@@ -362,13 +371,15 @@ def reading_lines(reading, runs, results):
                 "the student was still improving, so compare strategies with the control, "
                 "not with the start."
                 if moved == "higher"
+                else f"{moved}."
+                if moved == "one seed: no interval"
                 else f"{moved} (more training alone did not raise it)."
             )
         )
     return out
 
 
-def difficulty_section(runs):
+def difficulty_section(runs, difficulties):
     switching = [n for n in MAIN if n in runs and "switch_rate" in runs[n][0]["final"]["train"]]
     if not switching:
         return []
@@ -377,23 +388,23 @@ def difficulty_section(runs):
         "## Hand-over by difficulty (final students' rollouts)",
         "",
         "Does the switch rate follow difficulty? Difficulties vary the operand range: "
-        + ", ".join(f"{d} `max_operand={o['max_operand']}`" for d, o in DIFFICULTIES.items())
+        + ", ".join(f"{d} `max_operand={o['max_operand']}`" for d, o in difficulties.items())
         + ".",
         "",
         "| strategy | "
-        + " | ".join(f"switch rate ({d})" for d in DIFFICULTIES)
+        + " | ".join(f"switch rate ({d})" for d in difficulties)
         + " | "
-        + " | ".join(f"mean switch position ({d})" for d in DIFFICULTIES)
+        + " | ".join(f"mean switch position ({d})" for d in difficulties)
         + " |",
-        "|---|" + "---|" * (2 * len(DIFFICULTIES)),
+        "|---|" + "---|" * (2 * len(difficulties)),
     ]
     for name in switching:
         rates = [
             show(*interval([r["final"][d]["switch_rate"] for r in runs[name]]))
-            for d in DIFFICULTIES
+            for d in difficulties
         ]
         positions = []
-        for d in DIFFICULTIES:
+        for d in difficulties:
             values = sum((r["final"][d]["switch_positions"] for r in runs[name]), [])
             positions.append(f"{np.mean(values):.1f}" if values else "-")
         lines.append(f"| {name} | " + " | ".join(rates + positions) + " |")
@@ -411,7 +422,7 @@ def ablation_section(runs):
         "## Ablation: AdaSwitch's switching divergence",
         "",
         "| switching score | seeds | accuracy (train) | switch rate (train) | "
-        f"difference to {ADASWITCH} (paired) |",
+        f"{ADASWITCH} minus it (paired, points) |",
         "|---|---|---|---|---|",
     ]
     for name in names:
@@ -421,8 +432,10 @@ def ablation_section(runs):
         if name == ADASWITCH:
             difference = "(reference)"
         else:
-            (mean, low, high), _ = paired(group, runs[ADASWITCH])
-            difference = f"{show(mean, low, high)}: {verdict(low, high)}"
+            (mean, low, high), seeds = paired(runs[ADASWITCH], group)
+            difference = (
+                f"{show(mean, low, high)} ({len(seeds)} seeds): AdaSwitch is {verdict(low, high)}"
+            )
         lines.append(f"| {name} | {len(group)} | {acc} | {rate} | {difference} |")
     return lines
 
@@ -451,18 +464,25 @@ def grid_section(runs):
     return lines
 
 
-def plot(results, runs, output):
+def plot(results, main_runs, runs, output):
     figure, axis = subplots(figsize=(8, 5))
-    for name in [n for n in MAIN if n in runs]:
-        curves = [r["accuracy_vs_step"] for r in runs[name]]
-        steps = [0] + [p["step"] for p in curves[0]]
+    for name, group in main_runs.items():
+        # Steps every run reached (one stopped early by a non-finite loss has fewer).
+        curves = [{p["step"]: p["eval_accuracy"] for p in r["accuracy_vs_step"]} for r in group]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
         start = results["student_eval_accuracy"]
-        values = 100 * np.array([[start] + [p["eval_accuracy"] for p in c] for c in curves])
+        values = 100 * np.array([[start] + [c[step] for step in steps] for c in curves])
+        steps = [0] + steps
         axis.plot(steps, values.mean(0), marker=".", label=name)
         if len(curves) > 1:
             low, high = zip(*(interval(column)[1:] for column in values.T))
             axis.fill_between(steps, low, high, alpha=0.12)
-    axis.axhline(100 * results["teacher_accuracy"]["train"], color="k", ls=":", label="teacher")
+    axis.axhline(
+        100 * results["teacher_accuracy"]["train"],
+        color="k",
+        ls=":",
+        label=f"teacher ({results['settings']['test_size']} problems)",
+    )
     axis.set(
         xlabel="training step",
         ylabel="test accuracy, % (greedy exact match)",
@@ -539,34 +559,37 @@ def main(argv=None):
         args.eval_limit = args.test_size = args.rollout_limit = args.eval_batch_size = 8
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
+    saved = os.path.join(args.output, "results.json")
+    if args.stage == "report":
+        if not os.path.exists(saved):
+            parser.error(f"No {saved} to report on.")
+        with open(saved) as f:
+            report(json.load(f), args.output)
+        return
+    os.makedirs(args.output, exist_ok=True)
     if args.smoke and not (args.teacher or args.student):
         args.teacher, args.student = tiny_pair(args.output)
     args.teacher = args.teacher or presets.path("arithmetic-hard-teacher")
     args.student = args.student or presets.path("arithmetic-hard-student")
-    os.makedirs(args.output, exist_ok=True)
-    saved = os.path.join(args.output, "results.json")
+    args.max_new_tokens = presets.HARD_MAX_NEW_TOKENS
+    args.commit = git_commit()  # the code of this invocation's runs
     settings = {key: getattr(args, key) for key in COMPARED}
-    command = " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:]))
+    command = " ".join([os.path.basename(sys.argv[0])] + (sys.argv[1:] if argv is None else argv))
 
-    if os.path.exists(saved) and (args.resume or args.stage == "report"):
+    if os.path.exists(saved) and args.resume:
         with open(saved) as f:
             results = json.load(f)
         different = {
-            key: (results["settings"][key], value)
+            key: (results["settings"].get(key), value)
             for key, value in settings.items()
             if results["settings"].get(key) != value
         }
-        if different and args.stage != "report":
+        if different:
             parser.error(
                 f"{saved} was made with other settings (saved, now): {different}. "
                 "Use the same settings or another --output."
             )
-        if args.stage == "report":
-            report(results, args.output)
-            return
         results["commands"].append(command)
-    elif args.stage == "report":
-        parser.error(f"No {saved} to report on.")
     elif os.path.exists(saved):
         parser.error(f"{saved} exists: pass --resume to add to it, or another --output.")
     else:

@@ -1,6 +1,7 @@
 """benchmarks/compare_strategies.py's page: its intervals and verdicts equal
 a plain NumPy/SciPy computation on the per-seed numbers of results.json."""
 
+import json
 import os
 import sys
 
@@ -52,12 +53,14 @@ def _results(accuracies):
             "batch_size": 4,
             "learning_rate": 1e-3,
             "test_size": 8,
+            "max_new_tokens": 64,
             "teacher": "/t/arithmetic-hard-teacher",
             "student": "/s/arithmetic-hard-student",
         },
         "teacher_accuracy": dict.fromkeys(DIFFICULTIES, 0.97),
         "student_accuracy": dict.fromkeys(DIFFICULTIES, 0.40),
         "student_eval_accuracy": 0.40,
+        "difficulties": cs.DIFFICULTIES,
         "runs": runs,
     }
 
@@ -65,10 +68,8 @@ def _results(accuracies):
 def test_interval_is_the_t_interval_of_the_mean():
     values = np.array([0.41, 0.45, 0.39, 0.50, 0.44])
     mean, low, high = cs.interval(values)
-    half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / np.sqrt(5)
-    np.testing.assert_allclose(
-        [mean, low, high], [values.mean(), values.mean() - half, values.mean() + half]
-    )
+    want = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    np.testing.assert_allclose([mean, low, high], [values.mean(), want.low, want.high])
     assert cs.interval([0.3]) == (0.3, None, None)
 
 
@@ -84,11 +85,9 @@ def test_paired_differences_and_verdicts(tmp_path, shift, want):
         [r for r in results["runs"] if r["name"] == cs.ADASWITCH],
         [r for r in results["runs"] if r["name"] == cs.CONTROL],
     )
-    differences = adaswitch - baseline
-    half = stats.t.ppf(0.975, 4) * differences.std(ddof=1) / np.sqrt(5)
+    reference = stats.ttest_rel(adaswitch, baseline).confidence_interval(0.95)
     np.testing.assert_allclose(
-        [mean, low, high],
-        [differences.mean(), differences.mean() - half, differences.mean() + half],
+        [mean, low, high], [(adaswitch - baseline).mean(), reference.low, reference.high]
     )
     assert seeds == [0, 1, 2, 3, 4]
     assert cs.verdict(low, high) == want
@@ -102,15 +101,38 @@ def test_paired_differences_and_verdicts(tmp_path, shift, want):
 
 
 def test_the_grid_and_ablation_appear_only_when_complete(tmp_path):
-    accuracies = {name: [0.4, 0.5, 0.45] for name in cs.GRID}
-    partial = _results({**accuracies, cs.ADASWITCH: [0.4, 0.5, 0.45]})
-    partial["runs"] = [r for r in partial["runs"] if r["name"] != "AdaSwitch(L=10, K=3)"]
+    """Each grid cell has its own accuracies, so a transposed or misordered
+    grid shows; the ablation is AdaSwitch minus each variant."""
+    cells = {name: [0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.01] for i, name in enumerate(cs.GRID)}
+    partial = _results(cells)
+    partial["runs"] = [r for r in partial["runs"] if r["name"] != list(cs.GRID)[-1]]
     output = str(tmp_path / "page")
     os.makedirs(output)
     cs.report(partial, output)
     assert "L \\ K" not in open(output + ".md").read()
-    complete = _results({**accuracies, **{name: [0.3, 0.35, 0.32] for name in cs.ABLATION}})
-    cs.report(complete, output)
+    variants = {name: [0.2, 0.25, 0.22] for name in cs.ABLATION if name != cs.ADASWITCH}
+    cs.report(_results({**cells, **variants}), output)
     page = open(output + ".md").read()
-    assert "| 10 | 45.0 [" in page  # the grid's last row: mean of 0.4, 0.5, 0.45
-    assert "switch on jsd" in page and os.path.exists(os.path.join(output, "grid.png"))
+    for i, window in enumerate(cs.WINDOWS):  # row L = window, columns K in order
+        row = [cs.show(*cs.interval(cells[name])) for name in list(cs.GRID)[3 * i : 3 * i + 3]]
+        assert f"| {window} | " + " | ".join(row) + " |" in page
+    adaswitch = np.array(cells[cs.ADASWITCH])
+    want = stats.ttest_rel(adaswitch, [0.2, 0.25, 0.22]).confidence_interval(0.95)
+    difference = cs.show((adaswitch - [0.2, 0.25, 0.22]).mean(), want.low, want.high)
+    assert f"{difference} (3 seeds): AdaSwitch is" in page
+    assert os.path.exists(os.path.join(output, "grid.png"))
+
+
+def test_the_report_stage_reads_results_json_alone(tmp_path):
+    """`--stage report` needs no models and no presets; unequal curves (a
+    run stopped early) still plot."""
+    results = _results({cs.CONTROL: [0.4, 0.45], cs.ADASWITCH: [0.5, 0.52]})
+    results["runs"][0]["accuracy_vs_step"].append({"step": 2, "eval_accuracy": 0.5})
+    output = tmp_path / "strategies"
+    output.mkdir()
+    (output / "results.json").write_text(json.dumps(results))
+    cs.main(["--stage", "report", "--output", str(output)])
+    page = (tmp_path / "strategies.md").read_text()
+    assert "| AdaSwitch(L=5, K=2) | 2 | " in page
+    with pytest.raises(SystemExit):
+        cs.main(["--stage", "report", "--output", str(tmp_path / "nothing")])
