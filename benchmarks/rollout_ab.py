@@ -51,12 +51,14 @@ def main():
     import keras
     import keras_hub
     import numpy as np
-    from compare_strategies import STRATEGIES as MAKERS
     from keras import ops
     from speed import compiled
+    from speed import strategies
 
     import adaswitch_keras as ak
     from adaswitch_keras import presets
+
+    MAKERS = strategies()
 
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))

@@ -48,6 +48,24 @@ from provenance import git_commit  # benchmarks/provenance.py
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def strategies():
+    """Name -> a new strategy: the strategies whose steps this page times."""
+    import adaswitch_keras as ak
+
+    return {
+        "SFT": ak.SFT,
+        "SupervisedKD": ak.SupervisedKD,
+        "SeqKD": ak.SeqKD,
+        "OnPolicy": ak.OnPolicy,
+        "GKD(lmbda=0.5)": lambda: ak.GKD(lmbda=0.5),
+        "SKD(top_k=5)": lambda: ak.SKD(top_k=5),
+        "Switch(tau0=0.2, decay=0.05)": lambda: ak.Switch(tau0=0.2, decay=0.05),
+        "AdaSwitch(L=5, K=2)": lambda: ak.AdaSwitch(window=5, k=2.0),
+    }
+
+
 SMOKE_STRATEGIES = [
     "OnPolicy",
     "SKD(top_k=5)",
@@ -60,13 +78,13 @@ def worker(args):
     import keras
     import keras_hub
     import numpy as np
-    from compare_strategies import STRATEGIES
     from keras import ops
 
     import adaswitch_keras as ak
     from adaswitch_keras import presets
 
     backend = keras.config.backend()
+    STRATEGIES = strategies()
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
     rows = ak.data.load(
