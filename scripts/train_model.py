@@ -153,10 +153,6 @@ def main():
         "(training to the SFT plateau)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--backup-dir",
-        help="where a run keeps what it needs to resume (default .train_model_backup/<output name>)",
-    )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     if args.steps % args.eval_every:
