@@ -157,6 +157,8 @@ def main():
     args = parser.parse_args()
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
+    if args.patience is not None and args.patience < 1:
+        parser.error("--patience must be at least 1 (leave it out to train all --steps)")
 
     commit = git_commit()  # the code that trains, before anything else can change it
     keras.utils.set_random_seed(args.seed)
@@ -217,6 +219,7 @@ def main():
         "resumed_at_steps": [entry["step"] for entry in log if entry.get("resumed")],
         "seconds": log[-1]["seconds"],
         "test_accuracy": final["accuracy"],
+        "test_problems": len(test),
         "log": log,
     }
     with open(os.path.join(args.output, "training.json"), "w") as f:
