@@ -4,7 +4,7 @@ With a real vocabulary (Qwen2's 151,936 tokens) the `[B, T, V]` float32
 logits of student and teacher, their log-probabilities and gradients decide
 how large a batch fits. Here the models run up to their final hidden states
 `[B, T, H]`; each chunk of `chunk_size` positions turns them into logits
-(`logits = token_embedding(h, reverse=True)`, the KerasHub causal LMs' head)
+(`logits = h @ head_kernel`, the KerasHub causal LMs' head)
 and its losses, one chunk after the other (`ops.scan`), under `keras.remat`:
 the backward pass recomputes a chunk's logits instead of keeping them. Only
 one chunk's `[B, chunk, V]` values live at a time; loss and gradients are
@@ -19,31 +19,38 @@ from keras import ops
 
 def check_head(model, role):
     """A clear error unless `model`'s logits are its backbone's hidden states
-    through `token_embedding(..., reverse=True)`, checked on two tokens."""
+    times `head_kernel(model)`, checked on two tokens."""
     inputs = {"token_ids": ops.ones((1, 2), "int32"), "padding_mask": ops.ones((1, 2), "bool")}
     plain = ops.convert_to_numpy(model(inputs))
-    from_head = ops.convert_to_numpy(head(model, model.backbone(inputs)))
+    from_head = ops.convert_to_numpy(ops.matmul(model.backbone(inputs), head_kernel(model)))
     if plain.shape != from_head.shape or not np.allclose(plain, from_head, rtol=1e-4, atol=1e-4):
         raise ValueError(
-            f"`loss_chunk_size` computes logits as token_embedding(hidden states, "
-            f"reverse=True); the {role} ({type(model).__name__}) computes them otherwise. "
-            "Use loss_chunk_size=None for it."
+            f"`loss_chunk_size` computes logits as hidden states x the reverse token "
+            f"embedding; the {role} ({type(model).__name__}) computes them otherwise "
+            "(a logit soft cap, for example). Use loss_chunk_size=None for it."
         )
 
 
-def head(model, hidden_states):
-    """The causal LM's logits from its backbone's final hidden states."""
-    return model.backbone.token_embedding(hidden_states, reverse=True)
+def head_kernel(model):
+    """The causal LM's output matrix `[H, V]`: logits = hidden states @ it
+    (KerasHub's `ReversibleEmbedding(..., reverse=True)` without soft cap)."""
+    embedding = model.backbone.token_embedding
+    if embedding.tie_weights:
+        return ops.transpose(embedding.embeddings)
+    return ops.convert_to_tensor(embedding.reverse_embeddings)
 
 
-def map_chunks(function, chunk_size, *arrays):
-    """`function(*chunks)` (two float32 `[B, chunk_size]` outputs) on
-    consecutive chunks of `chunk_size` positions (axis 1) of `arrays`, one
-    after the other, each rematerialized; the two outputs put back together
-    along axis 1, `[B, T]` each. The last chunk is padded with zeros, whose
-    outputs are dropped. `ops.scan` orders the chunks: written as independent
-    operations, XLA ran them side by side, all their logits live at once
-    (11.8 of the plain path's 15.2 GB at batch 8, 512 tokens, V = 151,936)."""
+def map_chunks(function, chunk_size, arrays, constants):
+    """`function(*chunks, *constants)` (two float32 `[B, chunk_size]`
+    outputs) on consecutive chunks of `chunk_size` positions (axis 1) of
+    `arrays`, one after the other, each rematerialized; the two outputs put
+    back together along axis 1, `[B, T]` each. The last chunk is padded with
+    zeros, whose outputs are dropped. `constants` (the head kernels) are
+    tensors passed to `function`, never variables it reads: TensorFlow's
+    rematerialization inside a loop cannot take captured variables.
+    `ops.scan` orders the chunks: written as independent operations, XLA ran
+    them side by side, all their logits live at once (11.8 of the plain
+    path's 15.2 GB at batch 8, 512 tokens, V = 151,936)."""
     length = arrays[0].shape[1]
     chunks = -(-length // chunk_size)
 
@@ -54,21 +61,14 @@ def map_chunks(function, chunk_size, *arrays):
         return ops.moveaxis(array, 1, 0)
 
     rematerialized = keras.remat(function)
-    if keras.config.backend() == "tensorflow":
-        # tf.recompute_grad inside tf.while_loop fails on the variables it
-        # captures: an unrolled loop, whose chunks TensorFlow may run at once.
-        outputs = [
-            rematerialized(*(array[:, start : start + chunk_size] for array in arrays))
-            for start in range(0, length, chunk_size)
-        ]
-        return tuple(ops.concatenate(parts, axis=1) for parts in zip(*outputs))
+
     # The carry is the last chunk's outputs: TensorFlow's `scan` wants
     # outputs shaped like the carry.
     zeros = ops.zeros((ops.shape(arrays[0])[0], chunk_size), "float32")
     _, outputs = ops.scan(
-        lambda carry, chunk: (rematerialized(*chunk),) * 2,
+        lambda carry, chunk: (rematerialized(*chunk, *constants),) * 2,
         (zeros, zeros),
-        tuple(split(array) for array in arrays),
+        tuple(map(split, arrays)),
     )
     return tuple(
         ops.reshape(ops.moveaxis(output, 0, 1), (-1, chunks * chunk_size))[:, :length]

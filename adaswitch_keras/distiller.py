@@ -229,14 +229,25 @@ class Distiller(keras.Model):
             student_logits = self.student(model_inputs, training=training)[:, :-1]
             return self.token_losses(student_logits, targets, teacher)
 
-        def chunk_losses(student_hidden, targets, *teacher_values):
-            student_logits = chunked_loss.head(self.student, student_hidden)
-            losses = self.token_losses(student_logits, targets, dict(zip(names, teacher_values)))
+        # The head kernels go in as arguments (`chunked_loss.map_chunks`).
+        kernels = [chunked_loss.head_kernel(self.student)]
+        if "teacher_hidden" in teacher:
+            kernels.append(ops.stop_gradient(chunked_loss.head_kernel(self.teacher)))
+
+        def chunk_losses(student_hidden, targets, *values_and_kernels):
+            values = dict(zip(names, values_and_kernels))
+            student_kernel, *teacher_kernel = values_and_kernels[len(names) :]
+            if teacher_kernel:
+                values = {"teacher_logits": ops.matmul(values["teacher_hidden"], teacher_kernel[0])}
+            losses = self.token_losses(ops.matmul(student_hidden, student_kernel), targets, values)
             return losses["divergence"], losses["cross_entropy"]
 
         student_hidden = self.student.backbone(model_inputs, training=training)[:, :-1]
         divergence, cross_entropy = chunked_loss.map_chunks(
-            chunk_losses, self.loss_chunk_size, student_hidden, targets, *teacher.values()
+            chunk_losses,
+            self.loss_chunk_size,
+            [student_hidden, targets, *(teacher[name] for name in names)],
+            kernels,
         )
         return {"divergence": divergence, "cross_entropy": cross_entropy}
 
@@ -279,12 +290,8 @@ class Distiller(keras.Model):
                 alpha=self.alpha,
             )
             return {"divergence": divergence, "cross_entropy": cross_entropy}
-        if "teacher_hidden" in teacher:
-            teacher_logits = chunked_loss.head(self.teacher, teacher["teacher_hidden"])
-        else:
-            teacher_logits = teacher["teacher_logits"]
         divergence = divergences.token_divergence(
-            ops.stop_gradient(teacher_logits[..., : self.vocabulary_size]),
+            ops.stop_gradient(teacher["teacher_logits"][..., : self.vocabulary_size]),
             student_logits,
             self.divergence,
             beta=self.beta,
