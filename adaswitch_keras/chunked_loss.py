@@ -4,7 +4,7 @@ With a real vocabulary (Qwen2's 151,936 tokens) the `[B, T, V]` float32
 logits of student and teacher, their log-probabilities and gradients decide
 how large a batch fits. Here the models run up to their final hidden states
 `[B, T, H]`; each chunk of `chunk_size` positions turns them into logits
-(`logits = h @ head_kernel`, the KerasHub causal LMs' head)
+(`logits(h, output_matrix)`, the KerasHub causal LMs' head)
 and its losses, one chunk after the other (`ops.scan`), under `keras.remat`:
 the backward pass recomputes a chunk's logits instead of keeping them. Only
 one chunk's `[B, chunk, V]` values live at a time; loss and gradients are
@@ -18,26 +18,34 @@ from keras import ops
 
 
 def check_head(model, role):
-    """A clear error unless `model`'s logits are its backbone's hidden states
-    times `head_kernel(model)`, checked on two tokens."""
+    """A clear error unless `model`'s logits are `logits(hidden states,
+    output_matrix(model))`, checked on two tokens."""
     inputs = {"token_ids": ops.ones((1, 2), "int32"), "padding_mask": ops.ones((1, 2), "bool")}
     plain = ops.convert_to_numpy(model(inputs))
-    from_head = ops.convert_to_numpy(ops.matmul(model.backbone(inputs), head_kernel(model)))
+    from_head = ops.convert_to_numpy(logits(model.backbone(inputs), output_matrix(model)))
     if plain.shape != from_head.shape or not np.allclose(plain, from_head, rtol=1e-4, atol=1e-4):
         raise ValueError(
-            f"`loss_chunk_size` computes logits as hidden states x the reverse token "
-            f"embedding; the {role} ({type(model).__name__}) computes them otherwise "
-            "(a logit soft cap, for example). Use loss_chunk_size=None for it."
+            "`loss_chunk_size` computes logits as the hidden states times the float "
+            f"reverse token embedding; the {role} ({type(model).__name__}) computes them "
+            "otherwise (a logit soft cap, a quantized embedding). Use loss_chunk_size=None for it."
         )
 
 
-def head_kernel(model):
-    """The causal LM's output matrix `[H, V]`: logits = hidden states @ it
-    (KerasHub's `ReversibleEmbedding(..., reverse=True)` without soft cap)."""
+def output_matrix(model):
+    """The causal LM's output matrix `[V, H]` (KerasHub's tied or reverse
+    token embedding), a tensor."""
     embedding = model.backbone.token_embedding
     if embedding.tie_weights:
-        return ops.transpose(embedding.embeddings)
-    return ops.convert_to_tensor(embedding.reverse_embeddings)
+        return ops.convert_to_tensor(embedding.embeddings)
+    return ops.transpose(embedding.reverse_embeddings)
+
+
+def logits(hidden_states, matrix):
+    """`[B, T, V]` logits of `[B, T, H]` hidden states: KerasHub's
+    `ReversibleEmbedding(..., reverse=True)` without soft cap (bfloat16
+    hidden states times a float32 matrix are float32 logits, as there)."""
+    hidden_states = ops.cast(hidden_states, matrix.dtype)
+    return ops.einsum("bth,vh->btv", hidden_states, matrix)
 
 
 def map_chunks(function, chunk_size, arrays, constants):
@@ -45,7 +53,7 @@ def map_chunks(function, chunk_size, arrays, constants):
     outputs) on consecutive chunks of `chunk_size` positions (axis 1) of
     `arrays`, one after the other, each rematerialized; the two outputs put
     back together along axis 1, `[B, T]` each. The last chunk is padded with
-    zeros, whose outputs are dropped. `constants` (the head kernels) are
+    zeros, whose outputs are dropped. `constants` (the output matrices) are
     tensors passed to `function`, never variables it reads: TensorFlow's
     rematerialization inside a loop cannot take captured variables.
     `ops.scan` orders the chunks: written as independent operations, XLA ran

@@ -96,6 +96,9 @@ class Distiller(keras.Model):
         loss_chunk_size=None,
         **kwargs,
     ):
+        # The losses are float32 whatever the global policy: no autocast scope
+        # around `call` (the models keep their own policies).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.strategy = strategies.get(strategy)
         _check_models(teacher, student, self.strategy, temperature)
@@ -229,17 +232,19 @@ class Distiller(keras.Model):
             student_logits = self.student(model_inputs, training=training)[:, :-1]
             return self.token_losses(student_logits, targets, teacher)
 
-        # The head kernels go in as arguments (`chunked_loss.map_chunks`).
-        kernels = [chunked_loss.head_kernel(self.student)]
+        # The output matrices go in as arguments (`chunked_loss.map_chunks`).
+        matrices = [chunked_loss.output_matrix(self.student)]
         if "teacher_hidden" in teacher:
-            kernels.append(ops.stop_gradient(chunked_loss.head_kernel(self.teacher)))
+            matrices.append(ops.stop_gradient(chunked_loss.output_matrix(self.teacher)))
 
-        def chunk_losses(student_hidden, targets, *values_and_kernels):
-            values = dict(zip(names, values_and_kernels))
-            student_kernel, *teacher_kernel = values_and_kernels[len(names) :]
-            if teacher_kernel:
-                values = {"teacher_logits": ops.matmul(values["teacher_hidden"], teacher_kernel[0])}
-            losses = self.token_losses(ops.matmul(student_hidden, student_kernel), targets, values)
+        def chunk_losses(student_hidden, targets, *values_and_matrices):
+            values = dict(zip(names, values_and_matrices))
+            student_matrix, *teacher_matrix = values_and_matrices[len(names) :]
+            if teacher_matrix:
+                teacher_hidden = values["teacher_hidden"]
+                values = {"teacher_logits": chunked_loss.logits(teacher_hidden, teacher_matrix[0])}
+            student_logits = chunked_loss.logits(student_hidden, student_matrix)
+            losses = self.token_losses(student_logits, targets, values)
             return losses["divergence"], losses["cross_entropy"]
 
         student_hidden = self.student.backbone(model_inputs, training=training)[:, :-1]
@@ -247,7 +252,7 @@ class Distiller(keras.Model):
             chunk_losses,
             self.loss_chunk_size,
             [student_hidden, targets, *(teacher[name] for name in names)],
-            kernels,
+            matrices,
         )
         return {"divergence": divergence, "cross_entropy": cross_entropy}
 

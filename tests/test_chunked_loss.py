@@ -57,3 +57,26 @@ def test_chunked_distiller_never_keeps_full_teacher_logits(pair):
 def test_bad_chunk_size_is_a_clear_error(pair, bad):
     with pytest.raises(ValueError, match="loss_chunk_size"):
         ak.Distiller(*pair, loss_chunk_size=bad, max_new_tokens=MAX_NEW_TOKENS)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_head_equals_the_reverse_embedding(tied):
+    """`output_matrix` and `logits` give the backbone's own head, with tied
+    and with separate output embeddings (`reverse_embeddings`)."""
+    import keras_hub
+    from keras import ops
+
+    backbone = keras_hub.models.QwenBackbone(
+        vocabulary_size=40, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=8, intermediate_dim=16, tie_word_embeddings=tied,
+    )  # fmt: skip
+    embedding = backbone.token_embedding
+    if not tied:  # random, so that a tied reading would differ
+        embedding.reverse_embeddings.assign(
+            keras.random.normal(embedding.reverse_embeddings.shape, seed=1)
+        )
+    hidden = keras.random.normal((2, 3, 8), seed=0)
+    model = type("Model", (), {"backbone": backbone})
+    want = ops.convert_to_numpy(embedding(hidden, reverse=True))
+    got = ops.convert_to_numpy(ak.chunked_loss.logits(hidden, ak.chunked_loss.output_matrix(model)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -353,3 +353,23 @@ def test_divergences_of_bfloat16_logits_are_computed_in_float32(kind):
         temperature=2.0,
     )
     np.testing.assert_allclose(ops.convert_to_numpy(got), want, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_under_mixed_bfloat16_equals_the_plain_path(mixed_bfloat16):
+    """The chunked head reads the output matrix in float32, as the plain
+    head (an Embedding, never autocast) does, on every backend."""
+    keras.utils.set_random_seed(0)
+    teacher = ak.tiny.causal_lm(num_layers=1, hidden_dim=64, sequence_length=SEQUENCE_LENGTH)
+    student = ak.tiny.causal_lm(num_layers=1, sequence_length=SEQUENCE_LENGTH)
+    packed = None
+    outputs = {}
+    for chunk in (None, 5):
+        distiller = ak.Distiller(
+            teacher, student, strategy="supervised_kd", loss_chunk_size=chunk, max_new_tokens=8
+        )
+        if packed is None:
+            packed = next(iter(distiller.make_dataset(arithmetic_pairs(4), batch_size=4)))
+            packed = {k: np.asarray(v) for k, v in packed.items()}
+        outputs[chunk] = {k: ops.convert_to_numpy(v) for k, v in distiller(packed).items()}
+    for key in ("divergence", "cross_entropy"):
+        np.testing.assert_allclose(outputs[5][key], outputs[None][key], rtol=1e-5, atol=1e-6)
