@@ -84,7 +84,7 @@ def worker(args):
     from adaswitch_keras import presets
 
     backend = keras.config.backend()
-    STRATEGIES = strategies()
+    table = strategies()
     teacher = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-teacher"))
     student = keras_hub.models.CausalLM.from_preset(presets.path("arithmetic-student"))
     rows = ak.data.load(
@@ -103,13 +103,13 @@ def worker(args):
         model.compile(optimizer=keras.optimizers.SGD(0.0))  # the same models every round
         return model
 
-    names = SMOKE_STRATEGIES if args.smoke or args.quick else list(STRATEGIES)
-    distillers = {name: distiller(STRATEGIES[name]()) for name in names}
+    names = SMOKE_STRATEGIES if args.smoke or args.quick else list(table)
+    distillers = {name: distiller(table[name]()) for name in names}
     sweep = {}  # draft lengths, side by side in the same rounds (JAX only: compiling is cheap there)
     if backend == "jax" and args.draft_sweep:
         for name in ("AdaSwitch(L=5, K=2)", "SKD(top_k=5)", "Switch(tau0=0.2, decay=0.05)"):
             for length in (1, 2, 4, 8):
-                sweep[f"{name} draft={length}"] = distiller(STRATEGIES[name](), draft_length=length)
+                sweep[f"{name} draft={length}"] = distiller(table[name](), draft_length=length)
     any_distiller = distillers["AdaSwitch(L=5, K=2)"]
     stream, _ = any_distiller.pipeline.training_stream(rows, args.batch_size)  # as `fit` cuts it
     batches = [{k: np.asarray(v) for k, v in b.items()} for b in stream.take(args.rounds + 2)]
