@@ -10,16 +10,29 @@ task with the settings in `TASK` (see docs/presets.md and each preset's
 - "arithmetic-student": Qwen2, 2 layers, hidden 64, after a short SFT
   warm-up on the same task: the demo's student, competent at the format but
   weak at the arithmetic.
+
+and on the harder setting `HARD_TASK`, for comparisons in the regime the
+AdaSwitch paper is about (a student fine-tuned on the task that still trails
+its teacher; benchmarks/compare_strategies.py):
+
+- "arithmetic-hard-teacher": Qwen2, 4 layers, hidden 128 (1.0M parameters).
+- "arithmetic-hard-student": Qwen2, 2 layers, hidden 48 (82k parameters),
+  after its whole SFT schedule (10,000 steps), well below the teacher.
 """
 
 import os
 
-NAMES = ("arithmetic-teacher", "arithmetic-student")
+NAMES = (
+    "arithmetic-teacher",
+    "arithmetic-student",
+    "arithmetic-hard-teacher",
+    "arithmetic-hard-student",
+)
 # The arithmetic task the presets were trained on (`adaswitch_keras.data.load` options).
 TASK = dict(steps=2, max_operand=20, operations="+-", distractors=0)
 # Room after each prompt for the solution: the longest is 40 tokens.
 MAX_NEW_TOKENS = 48
-# The harder setting of the strategy comparison (docs/results/strategies.md):
+# The harder setting of the strategy comparison (benchmarks/compare_strategies.py):
 # three operations with `*`, operands up to 50 and a distractor sentence, so
 # that an error early in the solution carries into every later line. Its
 # longest prompt is 170 tokens and its longest solution 54.
