@@ -77,12 +77,14 @@ def packed_dataset(model, rows, batch_size, seed, max_new_tokens):
 class Evaluation(keras.callbacks.Callback):
     """Greedy test accuracy after every epoch (`--eval-every` steps), kept in
     `log_path` so that a resumed run continues the log; stops training at
-    the plateau: `patience` evaluations in a row without a new best."""
+    the plateau: `patience` evaluations in a row without a new best. Each
+    entry names the `commit` that trained it: a run stopped by hand, or
+    resumed at other code, keeps its provenance."""
 
-    def __init__(self, test, preprocessor, limit, log_path, patience, log):
+    def __init__(self, test, preprocessor, limit, log_path, patience, log, commit):
         super().__init__()
         self.test, self.preprocessor, self.limit = test, preprocessor, limit
-        self.log_path, self.patience, self.log = log_path, patience, log
+        self.log_path, self.patience, self.log, self.commit = log_path, patience, log, commit
         # Training time of the evaluations kept (a killed epoch's part is not counted).
         self.seconds_before = log[-1]["seconds"] if log else 0.0
         self.start = time.perf_counter()
@@ -102,6 +104,7 @@ class Evaluation(keras.callbacks.Callback):
                 "loss": float(logs["loss"]),
                 "accuracy": accuracy,
                 "seconds": self.seconds_before + time.perf_counter() - self.start,
+                "commit": self.commit,
             }
         )
         with open(self.log_path, "w") as f:
@@ -188,8 +191,9 @@ def main():
     resumed_step, log = resume_state(backup, vars(args))
     dataset = dataset.skip(resumed_step)
     preprocessor = model.preprocessor
+    log_path = os.path.join(backup, "log.json")
     evaluation = Evaluation(
-        test, preprocessor, args.eval_limit, os.path.join(backup, "log.json"), args.patience, log
+        test, preprocessor, args.eval_limit, log_path, args.patience, log, commit
     )
     model.preprocessor = None  # fit reads the packed data; generation gets it back
     try:
