@@ -21,7 +21,7 @@ def command(report, directory):
     flags = " ".join(
         f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
         for key, value in args.items()
-        if value is not None and key not in ("output", "backup_dir")  # backup_dir: older runs
+        if value is not None and key != "output"
     )
     return (
         f"KERAS_BACKEND={report['backend']} python scripts/train_model.py {flags} "

@@ -38,11 +38,9 @@ from provenance import git_commit  # noqa: E402
 SIZES = {  # num_layers, hidden_dim, num_heads, intermediate_dim
     "teacher": dict(num_layers=4, hidden_dim=128, num_heads=4, intermediate_dim=512),
     "student": dict(num_layers=2, hidden_dim=64, num_heads=2, intermediate_dim=256),
-    # The hard task's student: "student" reached 78.6% there at step 8000 of
-    # 10000, still rising, too close to the teacher for the plateau regime.
+    # The hard task's student, and a smaller size tried for it: how each size
+    # fared on arithmetic-hard is in docs/presets.md.
     "hard_student": dict(num_layers=2, hidden_dim=48, num_heads=2, intermediate_dim=192),
-    # Between: "hard_student" reached 74.0% after its 10000-step schedule,
-    # still rising; "small_student" 4.4% after 5500 steps.
     "hard_student_h40": dict(num_layers=2, hidden_dim=40, num_heads=2, intermediate_dim=160),
     "small_student": dict(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=128),
 }
