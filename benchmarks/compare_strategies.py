@@ -379,7 +379,47 @@ def reading_lines(reading, runs, results):
                 else f"{moved} (more training alone did not raise it)."
             )
         )
+        change = second_half_change(runs[CONTROL])
+        if change:
+            (mean, low, high), (middle, last) = change
+            out.append(
+                f"- Has the control flattened? Its accuracy on the {results['settings']['eval_limit']}"
+                f" evaluation problems moved by {show(mean, low, high)} points from step {middle}"
+                f" to step {last}: {verdict(low, high)}."
+            )
+    if ADASWITCH in runs and "switch_rate" in runs[ADASWITCH][0]["final"]["train"]:
+        finals = [r["final"]["train"] for r in runs[ADASWITCH]]
+        positions = sum((f["switch_positions"] for f in finals), [])
+        out.append(
+            f"- Where {ADASWITCH} hands over: the final students' rollouts on the train-difficulty"
+            f" test prompts switched on {100 * np.mean([f['switch_rate'] for f in finals]):.0f}% of"
+            " sequences, "
+            + (f"at response token {np.mean(positions):.1f} on average; " if positions else "")
+            + f"the teacher wrote {100 * np.mean([f['teacher_token_fraction'] for f in finals]):.0f}%"
+            " of the response tokens."
+        )
+    unused = [n for n in runs if n in MAIN and MAIN[n]()["strategy"].loss == "cross_entropy"]
+    if unused:
+        out.append(
+            f"- {' and '.join(unused)} {'train' if len(unused) > 1 else 'trains'} on"
+            " cross-entropy alone: the teacher forward over"
+            " their sequences (counted in their teacher tokens and step time) only feeds the"
+            " logged divergence."
+        )
     return out
+
+
+def second_half_change(group):
+    """Each run's last evaluation minus its evaluation at half the steps,
+    over seeds: ((mean, low, high), (middle step, last step)), or None
+    when the runs share fewer than two evaluations."""
+    curves = [{p["step"]: p["eval_accuracy"] for p in r["accuracy_vs_step"]} for r in group]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if len(steps) < 2:
+        return None
+    last = steps[-1]
+    middle = max([s for s in steps if s <= last / 2] or steps[:1])
+    return interval([c[last] - c[middle] for c in curves]), (middle, last)
 
 
 def difficulty_section(runs, difficulties):

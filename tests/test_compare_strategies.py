@@ -53,6 +53,7 @@ def _results(accuracies):
             "batch_size": 4,
             "learning_rate": 1e-3,
             "test_size": 8,
+            "eval_limit": 8,
             "max_new_tokens": 64,
             "teacher": "/t/arithmetic-hard-teacher",
             "student": "/s/arithmetic-hard-student",
@@ -136,3 +137,31 @@ def test_the_report_stage_reads_results_json_alone(tmp_path):
     assert "| AdaSwitch(L=5, K=2) | 2 | " in page
     with pytest.raises(SystemExit):
         cs.main(["--stage", "report", "--output", str(tmp_path / "nothing")])
+
+
+def test_the_reading_says_whether_the_control_flattened(tmp_path):
+    """The control's last evaluation minus its evaluation at half the steps,
+    over seeds, is the NumPy t-interval; AdaSwitch's hand-over sentence
+    averages its final rollouts."""
+    results = _results({cs.CONTROL: [0.4, 0.45, 0.42], cs.ADASWITCH: [0.5, 0.52, 0.49]})
+    late = {cs.CONTROL: [0.41, 0.47, 0.40]}
+    for r in results["runs"]:
+        middle = r["accuracy_vs_step"][0]["eval_accuracy"]
+        end = late.get(r["name"], [middle] * 3)[r["seed"]]
+        r["accuracy_vs_step"] = [
+            {"step": 50, "eval_accuracy": 0.3},
+            {"step": 100, "eval_accuracy": middle},
+            {"step": 150, "eval_accuracy": 0.9},
+            {"step": 200, "eval_accuracy": end},
+        ]
+    output = str(tmp_path / "page")
+    os.makedirs(output)
+    cs.report(results, output)
+    page = open(output + ".md").read()
+    change = np.array([0.41, 0.47, 0.40]) - [0.4, 0.45, 0.42]
+    want = stats.ttest_1samp(change, 0.0).confidence_interval(0.95)
+    moved = cs.show(change.mean(), want.low, want.high)
+    assert f"moved by {moved} points from step 100 to step 200: within noise." in page
+    assert "switched on 50% of sequences, at response token 4.0 on average" in page
+    assert "the teacher wrote 40% of the response tokens" in page
+    assert f"{cs.CONTROL} trains on cross-entropy alone" in page
