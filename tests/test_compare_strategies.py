@@ -165,3 +165,20 @@ def test_the_reading_says_whether_the_control_flattened(tmp_path):
     assert "switched on 50% of sequences, at response token 4.0 on average" in page
     assert "the teacher wrote 40% of the response tokens" in page
     assert f"{cs.CONTROL} trains on cross-entropy alone" in page
+
+
+def test_the_page_says_whether_it_is_complete(tmp_path):
+    """Partial until every main strategy and ablation variant has 5 seeds
+    and every grid cell 3."""
+    output = str(tmp_path / "page")
+    os.makedirs(output)
+    names = {**cs.MAIN, **cs.ABLATION, **cs.GRID}
+    full = {name: [0.5] * (3 if name in cs.GRID and name != cs.ADASWITCH else 5) for name in names}
+    cs.report(_results(full), output)
+    assert "Complete: every main strategy" in open(output + ".md").read()
+    full["SeqKD"] = [0.5] * 4
+    cs.report(_results(full), output)
+    assert (
+        "**Partial**: seeds that every strategy of a stage has so far: main 4 of 5, "
+        in open(output + ".md").read()
+    )
