@@ -570,6 +570,30 @@ def plot(results, main_runs, runs, output):
 
 
 # -- driver ---------------------------------------------------------------------
+def merge(results, other):
+    """`results` with the runs of `other`, another output's `results.json`
+    (a stage run side by side, from a copy of this one and `--resume`):
+    both must come from the same settings, versions and starting models; a
+    run that both have must be the same run."""
+    for key in ("settings", "backend", "versions", "teacher_accuracy", "student_accuracy"):
+        if results[key] != other[key]:
+            raise ValueError(f"Cannot merge: {key} differ ({results[key]} and {other[key]}).")
+    have, new = keyed(results), keyed(other)
+    clashes = sorted(key for key in have.keys() & new.keys() if have[key] != new[key])
+    if clashes:
+        raise ValueError(f"Cannot merge: different runs of {clashes}.")
+    return {
+        **results,
+        "commands": results["commands"]
+        + [c for c in other["commands"] if c not in results["commands"]],
+        "runs": results["runs"] + [run for key, run in new.items() if key not in have],
+    }
+
+
+def keyed(results):
+    return {(run["name"], run["seed"]): run for run in results["runs"]}
+
+
 def tiny_pair(output):
     """Untrained tiny presets for --smoke, which checks the machinery only."""
     paths = []
@@ -608,6 +632,14 @@ def main(argv=None):
         help="add to the runs in --output/results.json (same settings), skipping those done",
     )
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="with --stage report: first add the runs of these outputs (stages run side by "
+        "side into other --output folders) to --output/results.json",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="an untrained tiny pair, three strategies, 2 steps, tiny evaluations (CI)",
@@ -616,6 +648,8 @@ def main(argv=None):
     if args.smoke:
         args.steps, args.eval_every, args.seeds = 2, 1, [0]
         args.eval_limit = args.test_size = args.rollout_limit = args.eval_batch_size = 8
+    if args.merge and args.stage != "report":
+        parser.error("--merge goes with --stage report.")
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
     saved = os.path.join(args.output, "results.json")
@@ -623,7 +657,17 @@ def main(argv=None):
         if not os.path.exists(saved):
             parser.error(f"No {saved} to report on.")
         with open(saved) as f:
-            report(json.load(f), args.output)
+            results = json.load(f)
+        for folder in args.merge:
+            with open(os.path.join(folder, "results.json")) as f:
+                try:
+                    results = merge(results, json.load(f))
+                except ValueError as error:
+                    parser.error(f"{folder}: {error}")
+        if args.merge:
+            with open(saved, "w") as f:
+                json.dump(results, f, indent=1)
+        report(results, args.output)
         return
     os.makedirs(args.output, exist_ok=True)
     if args.smoke and not (args.teacher or args.student):

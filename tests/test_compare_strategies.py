@@ -182,3 +182,36 @@ def test_the_page_says_whether_it_is_complete(tmp_path):
         "**Partial**: seeds that every strategy of a stage has so far: main 4 of 5, "
         in open(output + ".md").read()
     )
+
+
+def test_merge_adds_the_runs_of_a_stage_run_side_by_side(tmp_path):
+    """`--stage report --merge DIR` writes the union of both results.json;
+    it refuses other settings, or a run of the same name and seed that is
+    not the same run."""
+    main, grid, other = (tmp_path / name for name in ("main", "grid", "other"))
+    for folder in (main, grid, other):
+        folder.mkdir()
+    (main / "results.json").write_text(json.dumps(_results({cs.CONTROL: [0.4, 0.45]})))
+    cells = _results({"AdaSwitch(L=10, K=2)": [0.5, 0.52]})
+    cells["commands"] = ["compare_strategies.py --stage grid --output grid"]
+    (grid / "results.json").write_text(json.dumps(cells))
+    cs.main(["--stage", "report", "--output", str(main), "--merge", str(grid)])
+    merged = json.loads((main / "results.json").read_text())
+    assert [(r["name"], r["seed"]) for r in merged["runs"]] == [
+        (cs.CONTROL, 0),
+        (cs.CONTROL, 1),
+        ("AdaSwitch(L=10, K=2)", 0),
+        ("AdaSwitch(L=10, K=2)", 1),
+    ]
+    assert merged["commands"][-1] == "compare_strategies.py --stage grid --output grid"
+    cs.main(["--stage", "report", "--output", str(main), "--merge", str(grid)])  # again: no-op
+    assert json.loads((main / "results.json").read_text()) == merged
+    cells["runs"][0]["final"]["train"]["accuracy"] = 0.9  # another run of the same name and seed
+    (grid / "results.json").write_text(json.dumps(cells))
+    with pytest.raises(SystemExit):
+        cs.main(["--stage", "report", "--output", str(main), "--merge", str(grid)])
+    different = _results({"SeqKD": [0.3]})
+    different["settings"]["steps"] = 3
+    (other / "results.json").write_text(json.dumps(different))
+    with pytest.raises(SystemExit):
+        cs.main(["--stage", "report", "--output", str(main), "--merge", str(other)])
