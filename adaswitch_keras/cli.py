@@ -7,7 +7,7 @@
     adaswitch-keras evaluate --model PRESET --task arithmetic
 
 Option names that TRL's GKDConfig also uses mean the same thing here
-(`docs/cli.md` has the table): `--temperature` is the sampling temperature
+(`docs/features/samplers.md` has the table): `--temperature` is the sampling temperature
 of the generations, `--loss-temperature` the divergence's.
 
 Run it through the console script (`adaswitch_keras_cli.main`), which sets

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from provenance import git_commit  # benchmarks/provenance.py
+
 BACKENDS = ("jax", "tensorflow", "torch")
 
 WORKER = """
@@ -71,7 +73,7 @@ def main():
                 "Teacher: Qwen2, 2 layers, hidden 64; student: 1 layer, hidden 32; "
                 f"batch {args.batch_size}, sequence length 64, max_new_tokens 32, "
                 f"AdaSwitch(window=5, k=2.0). Machine: {platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} cores, no GPU.\n\n"
+                f"{os.cpu_count()} cores, no GPU. Commit: `{git_commit()}`.\n\n"
                 f"Command: `python benchmarks/step_time.py --steps {args.steps} "
                 f"--output {args.output}`\n\n{text}\n"
             )

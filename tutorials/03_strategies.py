@@ -17,7 +17,8 @@
 # |---|---|---|
 # | `SFT` | ground truth | cross-entropy |
 # | `SupervisedKD` | ground truth | divergence to the teacher |
-# | `SeqKD` | the teacher samples it | divergence |
+# | `SeqKD` | the teacher samples it | cross-entropy on the teacher's tokens |
+# | `SeqKDDivergence` | the teacher samples it | divergence |
 # | `OnPolicy` | the student samples it | divergence |
 # | `GKD(lmbda)` | the student with probability lmbda, else ground truth | divergence |
 # | `SKD(top_k)` | the student; a token outside the teacher's top-K is resampled by the teacher | divergence |
