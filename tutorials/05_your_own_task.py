@@ -73,7 +73,8 @@ for name, data in [
 # Lists and dicts are tokenized once and shuffled each epoch; a
 # `tf.data.Dataset` is used as it comes (shuffle and repeat it yourself) and
 # batched if it is not batched yet. Strategies that generate the responses
-# (`OnPolicy`, `SeqKD`, `SKD`, `Switch`, `AdaSwitch`) need only prompts.
+# (`OnPolicy`, `SeqKD`, `SeqKDDivergence`, `SKD`, `Switch`, `AdaSwitch`) need
+# only prompts.
 
 # %% [markdown]
 # ## 2. Your own switching rule
