@@ -372,7 +372,8 @@ def summarize(results, trl):
     lines = [
         "# Speed: the rollout machinery against its floor, the paper's ratios and TRL",
         "",
-        f"Written by `python benchmarks/speed.py` on {platform.processor() or platform.machine()}, "
+        f"Written by `python benchmarks/speed.py` at commit `{git_commit()}` on "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores: the shipped arithmetic teacher "
         f"({first['parameters']['teacher']:,} parameters) and student ({first['parameters']['student']:,}), "
         f"batch {first['batch_size']}, prompts of {first['prompt_length_mean']:.1f} tokens on average, "
