@@ -430,12 +430,18 @@ def reading_lines(reading, runs, results):
     return out
 
 
+def evaluations(group):
+    """Each run's {step: accuracy} during training, and the steps every run
+    reached (one stopped early by a non-finite loss has fewer)."""
+    curves = [{p["step"]: p["eval_accuracy"] for p in r["accuracy_vs_step"]} for r in group]
+    return curves, sorted(set.intersection(*(set(c) for c in curves)))
+
+
 def second_half_change(group):
     """Each run's last evaluation minus its evaluation at half the steps,
     over seeds: ((mean, low, high), (middle step, last step)), or None
     when the runs share fewer than two evaluations."""
-    curves = [{p["step"]: p["eval_accuracy"] for p in r["accuracy_vs_step"]} for r in group]
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    curves, steps = evaluations(group)
     if len(steps) < 2:
         return None
     last = steps[-1]
@@ -531,9 +537,7 @@ def grid_section(runs):
 def plot(results, main_runs, runs, output):
     figure, axis = subplots(figsize=(8, 5))
     for name, group in main_runs.items():
-        # Steps every run reached (one stopped early by a non-finite loss has fewer).
-        curves = [{p["step"]: p["eval_accuracy"] for p in r["accuracy_vs_step"]} for r in group]
-        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        curves, steps = evaluations(group)
         start = results["student_eval_accuracy"]
         values = 100 * np.array([[start] + [c[step] for step in steps] for c in curves])
         steps = [0] + steps
@@ -741,7 +745,7 @@ def main(argv=None):
             f"SFT student accuracy {results['student_accuracy']}",
             flush=True,
         )
-    done = {(r["name"], r["seed"]) for r in results["runs"]}
+    done = set(keyed(results))
     strategies = STAGES[args.stage]
     for seed in args.seeds:
         for name, make in strategies.items():
