@@ -3,9 +3,17 @@
     python scripts/presets_report.py adaswitch_keras/presets/arithmetic-hard-teacher \
         adaswitch_keras/presets/arithmetic-hard-student --output docs/results/presets_hard
 
+    python scripts/presets_report.py adaswitch_keras/presets/arithmetic-teacher \
+        docs/results/student_3000_steps_training.json \
+        docs/results/small_student_3000_steps_training.json \
+        --output docs/results/presets_equal_steps
+
 Writes `<output>/README.md` (one row per preset: architecture, task, steps,
 time, final test accuracy, the command) and `<output>/curves.png` (test
-accuracy against training step): nothing is copied by hand.
+accuracy against training step): nothing is copied by hand. An argument is
+a preset directory (its `training.json` and `config.json`) or a bare
+`training.json` record of a run whose model was not kept (the architecture
+column then names its `--size`).
 """
 
 import argparse
@@ -17,6 +25,9 @@ from adaswitch_keras.plotting import subplots
 
 
 def command(report, directory):
+    """The train_model.py command of a record; a bare record names the
+    directory its run wrote to (its training.json was copied from there)."""
+    output = report["args"]["output"] if directory.endswith(".json") else directory
     args = report["args"]
     flags = " ".join(
         f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
@@ -25,18 +36,29 @@ def command(report, directory):
     )
     return (
         f"KERAS_BACKEND={report['backend']} python scripts/train_model.py {flags} "
-        f"--output {shlex.quote(directory)}"
+        f"--output {shlex.quote(output)}"
     )
+
+
+def name(path):
+    """A preset directory's name, or a record's file name without `.json`."""
+    return os.path.basename(path.rstrip("/")).removesuffix(".json")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="+", help="preset directories with a training.json")
+    parser.add_argument(
+        "presets", nargs="+", help="preset directories with a training.json, or training.json files"
+    )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
     reports = {}
     for directory in args.presets:
+        if directory.endswith(".json"):  # a record alone: no config.json beside it
+            with open(directory) as f:
+                reports[directory] = json.load(f)
+            continue
         with open(os.path.join(directory, "training.json")) as f:
             reports[directory] = json.load(f)
         with open(os.path.join(directory, "config.json")) as f:
@@ -53,10 +75,12 @@ def main():
         "|---|---|---|---|---|---|---|---|",
     ]
     for directory, report in reports.items():
-        backbone = report["backbone"]
+        backbone = report.get("backbone")
         architecture = (
             f"{backbone['num_layers']} layers, hidden {backbone['hidden_dim']}, "
             f"{backbone['num_query_heads']} heads, FFN {backbone['intermediate_dim']}"
+            if backbone
+            else f"not kept (`--size {report['args']['size']}` at its commit)"
         )
         task = ", ".join(f"{k}={v}" for k, v in report["task"].items())
         steps = report.get("steps_done", report["args"]["steps"])
@@ -65,10 +89,11 @@ def main():
         )
         # Older training.json files do not record how many problems they tested.
         problems = f" ({report['test_problems']})" if "test_problems" in report else ""
+        commit = f"`{report['commit']}`" if report.get("commit") else "not recorded"
         lines.append(
-            f"| `{os.path.basename(directory.rstrip('/'))}` | {architecture} | "
+            f"| `{name(directory)}` | {architecture} | "
             f"{report['parameters']:,} | {task} | {steps} of {report['args']['steps']} | "
-            f"{minutes:.0f} | **{100 * report['test_accuracy']:.1f}%**{problems} | `{report.get('commit', 'not recorded')}` |"
+            f"{minutes:.0f} | **{100 * report['test_accuracy']:.1f}%**{problems} | {commit} |"
         )
     lines += ["", "Commands:", ""]
     lines += [f"    {command(r, d)}" for d, r in reports.items()]
@@ -80,7 +105,7 @@ def main():
     for directory, report in reports.items():
         steps = [entry["step"] for entry in report["log"]]
         values = [100 * entry["accuracy"] for entry in report["log"]]
-        axis.plot(steps, values, marker=".", label=os.path.basename(directory.rstrip("/")))
+        axis.plot(steps, values, marker=".", label=name(directory))
     axis.set(xlabel="training step", ylabel="test accuracy, %", title="SFT training curves")
     axis.grid(alpha=0.3)
     axis.legend()

@@ -47,3 +47,36 @@ def test_teacher_solves_test_problems(name):
     model = keras_hub.models.CausalLM.from_preset(presets.path(name))
     result = ak.evaluate(model, "arithmetic", examples=test, limit=8, verbose=0)
     assert result["accuracy"] >= 0.75
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pages docs/presets.md links, and the records each is generated from.
+PAGES = {
+    "presets_demo": ["arithmetic-teacher", "arithmetic-student"],
+    "presets_hard": ["arithmetic-hard-teacher", "arithmetic-hard-student"],
+    "presets_equal_steps": [
+        "arithmetic-teacher",
+        "docs/results/student_3000_steps_training.json",
+        "docs/results/small_student_3000_steps_training.json",
+    ],
+}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_presets_pages_are_what_the_report_writes(page, tmp_path):
+    """No hand edit and no stale page: each committed page is what
+    scripts/presets_report.py writes from the records today."""
+    import subprocess
+    import sys
+
+    sources = [
+        source if source.endswith(".json") else f"adaswitch_keras/presets/{source}"
+        for source in PAGES[page]
+    ]
+    script = os.path.join(ROOT, "scripts", "presets_report.py")
+    subprocess.run(
+        [sys.executable, script, *sources, "--output", str(tmp_path)], cwd=ROOT, check=True
+    )
+    with open(os.path.join(ROOT, "docs", "results", page, "README.md")) as f:
+        committed = f.read()
+    assert (tmp_path / "README.md").read_text() == committed
