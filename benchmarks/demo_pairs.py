@@ -8,7 +8,9 @@ round's ratio means anything), then HEAD's demo on every other backend. Each
 demo is the user's command, in its own process and a fresh output folder:
 the wall time of the whole command, and the distillation time and steps
 that its `history.json` records. The baseline runs from a temporary git
-worktree. Writes `<output>/results.json` and `<output>/README.md`.
+worktree. Writes `<output>/results.json` after every round and
+`<output>/README.md` at the end (`--report-only` writes it from the rounds
+of a stopped run).
 """
 
 import argparse
@@ -73,7 +75,8 @@ def report(results):
         f"- Command: `{results['command']}`",
         f"- {results['machine']}, Python {results['python']}; "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-        f"- Demo steps: {results['steps']}",
+        f"- Demo steps: {results['steps']}; rounds: {len(rounds)} of the "
+        f"{results['pairs']} asked for",
         "- Each demo is `adaswitch-keras demo --backend B` in its own process; wall = the "
         "whole command (loading, evaluations, distillation); step = distillation time / steps.",
         "",
@@ -109,7 +112,16 @@ def main():
     )
     parser.add_argument("--steps", type=int, help="the demo's steps (default: its own)")
     parser.add_argument("--output", default="docs/results/demo_pairs")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite README.md from <output>/results.json (the rounds of a stopped run)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        with open(os.path.join(args.output, "results.json")) as f:
+            report(json.load(f))
+        return
     os.makedirs(args.output, exist_ok=True)
     first, *others = args.backends
     results = {
@@ -117,6 +129,7 @@ def main():
         "baseline": args.baseline,
         "command": " ".join(["demo_pairs.py", *sys.argv[1:]]),
         "steps": args.steps or "the demo's default",
+        "pairs": args.pairs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "versions": {name: metadata.version(name) for name in VERSIONS},
