@@ -34,6 +34,7 @@ AdaSwitch's paired difference (same seeds) against every other strategy.
 """
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -229,6 +230,8 @@ def paired(runs_a, runs_b, difficulty="train"):
 def verdict(low, high):
     if low is None:
         return "one seed: no interval"
+    if low == high:  # every seed gave the same value: a t-interval says nothing
+        return "the same on every seed: no interval"
     if low > 0:
         return "higher"
     if high < 0:
@@ -236,16 +239,74 @@ def verdict(low, high):
     return "within noise"
 
 
+def percent(fraction):
+    """One decimal, two where one would print a value near zero as 0.0
+    (an interval's bound then shows on which side of zero it lies)."""
+    value = 100 * fraction
+    return f"{value:.2f}" if value and abs(value) < 0.05 else f"{value:.1f}"
+
+
 def show(mean, low, high):
     """A fraction as percent, with its interval when there is one."""
     if mean is None:
         return "-"
     if low is None:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+        return percent(mean)
+    if low == high:
+        return f"{percent(mean)} (every seed)"
+    return f"{percent(mean)} [{percent(low)}, {percent(high)}]"
+
+
+def show_rate(values):
+    """A rate over seeds, its interval clipped to [0, 1]."""
+    mean, low, high = interval(values)
+    if low is None or low == high:
+        return show(mean, low, high)
+    return show(mean, max(low, 0.0), min(high, 1.0))
+
+
+def binomial_half_width(accuracy, problems, confidence=0.95):
+    """Half the normal-approximation interval of one accuracy measured on
+    `problems` test problems: the test set's own sampling error."""
+    from scipy import stats
+
+    z = stats.norm.ppf((1 + confidence) / 2)
+    return float(z * np.sqrt(accuracy * (1 - accuracy) / problems))
 
 
 # -- the page -------------------------------------------------------------------
+def losses_and_samplers():
+    """The settings line's losses and samplers, read from `MAIN` itself."""
+    made = {name: make() for name, make in MAIN.items()}
+    parameters = inspect.signature(ak.Distiller).parameters
+    cross_entropy = [n for n, kwargs in made.items() if kwargs["strategy"].loss == "cross_entropy"]
+    others = [
+        f"{name}: student {sampler_text(kwargs['student_sampler'])}, "
+        f"teacher {sampler_text(kwargs['teacher_sampler'])}"
+        for name, kwargs in made.items()
+        if "student_sampler" in kwargs
+    ]
+    return (
+        f"loss: `{parameters['divergence'].default}` to the teacher"
+        + (f" ({', '.join(cross_entropy)}: cross-entropy)" if cross_entropy else "")
+        + f"; both models sample with KerasHub's `{parameters['student_sampler'].default}` "
+        "sampler at temperature 1" + (f" ({'; '.join(others)})" if others else "")
+    )
+
+
+def sampler_text(sampler):
+    config = sampler.get_config()
+    return (
+        f"{type(sampler).__name__}("
+        + ", ".join(
+            f"{key}={config[key]:g}"
+            for key in ("k", "p", "temperature")
+            if config.get(key) is not None
+        )
+        + ")"
+    )
+
+
 def by_name(results):
     runs = {}
     for r in results["runs"]:
@@ -256,11 +317,11 @@ def by_name(results):
 def report(results, output):
     """`<output>.md` and its plots, from `results.json` alone."""
     runs = by_name(results)
+    main_runs = {n: runs[n] for n in MAIN if n in runs}
     if CONTROL in runs:  # main tables: the main stage's seeds (grid or ablation may add others)
         seeds = {r["seed"] for r in runs[CONTROL]}
-        main_runs = {n: [r for r in runs[n] if r["seed"] in seeds] for n in MAIN if n in runs}
-    else:
-        main_runs = {n: runs[n] for n in MAIN if n in runs}
+        main_runs = {n: [r for r in group if r["seed"] in seeds] for n, group in main_runs.items()}
+        main_runs = {n: group for n, group in main_runs.items() if group}
     folder = os.path.basename(output.rstrip("/"))
     settings = results["settings"]
     commits = sorted({r["commit"] for r in results["runs"]})
@@ -276,11 +337,14 @@ def report(results, output):
         f"- Backend {results['backend']}, {results['machine']}; versions "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         f"- Settings: {settings['steps']} steps, batch {settings['batch_size']}, AdamW "
-        f"{settings['learning_rate']:g}, `max_new_tokens={settings['max_new_tokens']}`, "
-        "both models sample at temperature 1 unless the row says otherwise, forward KL "
-        "loss; accuracy = greedy exact match, in percent; "
-        f"{settings['test_size']} test problems per difficulty; intervals are 95% t-intervals "
-        "over seeds.",
+        f"{settings['learning_rate']:g}, `max_new_tokens={settings['max_new_tokens']}`; "
+        f"{losses_and_samplers()}; accuracy = greedy exact match, in percent; "
+        f"{settings['test_size']} test problems per difficulty.",
+        "- Intervals are 95% t-intervals over seeds, on the same test problems for every "
+        "run: they leave out those problems' own sampling error (binomial, about "
+        f"±{100 * binomial_half_width(results['student_accuracy']['train'], settings['test_size']):.1f}"
+        f" points for one accuracy near the start's {100 * results['student_accuracy']['train']:.1f}%"
+        "), which matters against the teacher and start rows (no intervals).",
         f"- Teacher `{os.path.basename(settings['teacher'])}`, student "
         f"`{os.path.basename(settings['student'])}` (docs/presets.md).",
         f"- Compute: {sum(r['seconds'] for r in results['runs']) / 3600:.1f} h of runs.",
@@ -315,24 +379,26 @@ def report(results, output):
         )
     reading = []
     if ADASWITCH in main_runs:
+        rows = []
+        for name in [n for n in MAIN if n in main_runs and n != ADASWITCH]:
+            (mean, low, high), seeds = paired(main_runs[ADASWITCH], main_runs[name])
+            if not seeds:
+                continue
+            rows.append(
+                f"| {name} | {len(seeds)} | {show(mean, low, high)} | {verdict(low, high)} |"
+            )
+            reading.append((name, verdict(low, high)))
         lines += [
             "",
             f"## {ADASWITCH} minus each strategy (paired by seed, train difficulty)",
             "",
             "Each interval is for its own comparison, not corrected for the "
-            f"{len(main_runs) - 1} comparisons made.",
+            f"{len(rows)} comparisons made.",
             "",
             "| baseline | seeds | difference (points) | AdaSwitch is |",
             "|---|---|---|---|",
+            *rows,
         ]
-        for name in [n for n in MAIN if n in main_runs and n != ADASWITCH]:
-            (mean, low, high), seeds = paired(main_runs[ADASWITCH], main_runs[name])
-            if not seeds:
-                continue
-            lines.append(
-                f"| {name} | {len(seeds)} | {show(mean, low, high)} | {verdict(low, high)} |"
-            )
-            reading.append((name, verdict(low, high)))
     lines += ["", "## Reading", ""] + reading_lines(reading, main_runs, results)
     lines += difficulty_section(main_runs, results["difficulties"])
     lines += ablation_section(runs)
@@ -355,7 +421,7 @@ def completeness(runs):
     strategy and of the ablation, the 3 x 3 grid on 3 seeds."""
     wanted = {"main": (MAIN, 5), "ablation": (ABLATION, 5), "grid": (GRID, 3)}
     have = {
-        stage: min(len(runs.get(name, [])) for name in names)
+        stage: len(set.intersection(*({r["seed"] for r in runs.get(name, [])} for name in names)))
         for stage, (names, _) in wanted.items()
     }
     if all(have[stage] >= seeds for stage, (_, seeds) in wanted.items()):
@@ -369,11 +435,18 @@ def reading_lines(reading, runs, results):
     """Sentences the intervals support, and nothing more."""
     if not reading:
         return ["Not enough runs yet for a comparison."]
+    uncorrected = f"; not corrected for the {len(reading)} comparisons"
     phrases = {
-        "higher": "AdaSwitch is more accurate than {} (the paired 95% interval is above zero).",
-        "lower": "AdaSwitch is less accurate than {} (the paired 95% interval is below zero).",
+        "higher": "AdaSwitch is more accurate than {} (the paired 95% interval is above zero"
+        + uncorrected
+        + ").",
+        "lower": "AdaSwitch is less accurate than {} (the paired 95% interval is below zero"
+        + uncorrected
+        + ").",
         "within noise": "AdaSwitch and {} are within noise (the paired 95% interval contains zero).",
         "one seed: no interval": "AdaSwitch against {}: one seed, no claim.",
+        "the same on every seed: no interval": "AdaSwitch against {}: the same difference on "
+        "every seed, no interval, no claim.",
     }
     out = []
     for kind, phrase in phrases.items():
@@ -387,26 +460,34 @@ def reading_lines(reading, runs, results):
                 for r in runs[CONTROL]
             ]
         )
+        effects = {
+            "higher": "more training alone raised it, so compare strategies with the "
+            "control, not with the start.",
+            "lower": "more training alone lowered it, so compare strategies with the "
+            "control, not with the start.",
+            "within noise": "no detectable change.",
+        }
         moved = verdict(low, high)
         out.append(
             f"- The control ({CONTROL}) moved the student by {show(mean, low, high)} points "
-            "from its start: "
-            + (
-                "the student was still improving, so compare strategies with the control, "
-                "not with the start."
-                if moved == "higher"
-                else f"{moved}."
-                if moved == "one seed: no interval"
-                else f"{moved} (more training alone did not raise it)."
-            )
+            f"from its start: {effects.get(moved, moved + '.')}"
         )
-        change = second_half_change(runs[CONTROL])
-        if change:
-            (mean, low, high), (middle, last) = change
+        out.append("- " + against_the_start(runs, results["student_accuracy"]["train"]))
+        slope = second_half_slope(runs[CONTROL])
+        if slope:
+            (mean, low, high), (first, last) = slope
+            trends = {
+                "higher": "still rising.",
+                "lower": "still falling.",
+                "within noise": "no detectable trend (not proof of a plateau: a slope of "
+                f"{percent(high)} points per 100 steps is inside the interval).",
+            }
+            trend = verdict(low, high)
             out.append(
-                f"- Has the control flattened? Its accuracy on the {results['settings']['eval_limit']}"
-                f" evaluation problems moved by {show(mean, low, high)} points from step {middle}"
-                f" to step {last}: {verdict(low, high)}."
+                "- Has the control flattened? The least-squares slope of its accuracy on the "
+                f"{results['settings']['eval_limit']} evaluation problems from step {first} to "
+                f"step {last}, per seed, is {show(mean, low, high)} points per 100 steps: "
+                f"{trends.get(trend, trend + '.')}"
             )
     if ADASWITCH in runs and "switch_rate" in runs[ADASWITCH][0]["final"]["train"]:
         finals = [r["final"]["train"] for r in runs[ADASWITCH]]
@@ -437,16 +518,33 @@ def evaluations(group):
     return curves, sorted(set.intersection(*(set(c) for c in curves)))
 
 
-def second_half_change(group):
-    """Each run's last evaluation minus its evaluation at half the steps,
-    over seeds: ((mean, low, high), (middle step, last step)), or None
-    when the runs share fewer than two evaluations."""
+def second_half_slope(group):
+    """Each run's least-squares slope of its evaluations from half the steps
+    on (accuracy per 100 steps; every evaluation counts, not only two of
+    them), over seeds: ((mean, low, high), (first step, last step)), or None
+    when the runs share fewer than two evaluations there."""
     curves, steps = evaluations(group)
-    if len(steps) < 2:
+    if not steps:
         return None
-    last = steps[-1]
-    middle = max([s for s in steps if s <= last / 2] or steps[:1])
-    return interval([c[last] - c[middle] for c in curves]), (middle, last)
+    late = [s for s in steps if s >= steps[-1] / 2]
+    if len(late) < 2:
+        return None
+    slopes = [100 * np.polyfit(late, [c[s] for s in late], 1)[0] for c in curves]
+    return interval(slopes), (late[0], late[-1])
+
+
+def against_the_start(runs, start):
+    """How many strategies ended above, below or within noise of the
+    start's accuracy (each one's t-interval of final minus start)."""
+    kinds = {}
+    for name, group in runs.items():
+        moved = verdict(*interval([r["final"]["train"]["accuracy"] - start for r in group])[1:])
+        kinds.setdefault(moved, []).append(name)
+    counts = "; ".join(f"{moved}: {len(names)}" for moved, names in sorted(kinds.items()))
+    return (
+        f"Against the SFT student's start ({percent(start)}%), the {len(runs)} strategies "
+        f"ended (final minus start, 95% interval over seeds) {counts}."
+    )
 
 
 def difficulty_section(runs, difficulties):
@@ -470,8 +568,7 @@ def difficulty_section(runs, difficulties):
     ]
     for name in switching:
         rates = [
-            show(*interval([r["final"][d]["switch_rate"] for r in runs[name]]))
-            for d in difficulties
+            show_rate([r["final"][d]["switch_rate"] for r in runs[name]]) for d in difficulties
         ]
         positions = []
         for d in difficulties:
@@ -479,7 +576,10 @@ def difficulty_section(runs, difficulties):
             positions.append(f"{np.mean(values):.1f}" if values else "-")
         lines.append(f"| {name} | " + " | ".join(rates + positions) + " |")
     lines.append("")
-    lines.append("(switch rates in percent of sequences; positions in tokens into the response)")
+    lines.append(
+        "(switch rates in percent of sequences, intervals clipped to 0-100; positions in "
+        "tokens into the response)"
+    )
     return lines
 
 
@@ -492,35 +592,51 @@ def ablation_section(runs):
         "## Ablation: AdaSwitch's switching divergence",
         "",
         "| switching score | seeds | accuracy (train) | switch rate (train) | "
-        f"{ADASWITCH} minus it (paired, points) |",
+        f"{ADASWITCH} (forward KL) minus it (paired, points): AdaSwitch is |",
         "|---|---|---|---|---|",
     ]
     for name in names:
         group = runs[name]
         acc = show(*interval([r["final"]["train"]["accuracy"] for r in group]))
-        rate = show(*interval([r["final"]["train"]["switch_rate"] for r in group]))
+        rate = show_rate([r["final"]["train"]["switch_rate"] for r in group])
         if name == ADASWITCH:
             difference = "(reference)"
         else:
             (mean, low, high), seeds = paired(runs[ADASWITCH], group)
             difference = (
-                f"{show(mean, low, high)} ({len(seeds)} seeds): AdaSwitch is {verdict(low, high)}"
+                f"{show(mean, low, high)} ({len(seeds)} seeds): {verdict(low, high)}"
+                if seeds
+                else "no seed in common"
             )
         lines.append(f"| {name} | {len(group)} | {acc} | {rate} | {difference} |")
     return lines
 
 
+def grid_runs(runs):
+    """The grid's cells on the seeds every cell has (its (5, 2) cell is the
+    main comparison's AdaSwitch, which has more seeds), or {} until every
+    cell has one."""
+    if not all(name in runs for name in GRID):
+        return {}
+    seeds = set.intersection(*({r["seed"] for r in runs[name]} for name in GRID))
+    return {name: [r for r in runs[name] if r["seed"] in seeds] for name in GRID} if seeds else {}
+
+
 def grid_complete(runs):
-    return all(name in runs for name in GRID)
+    return bool(grid_runs(runs))
 
 
 def grid_section(runs):
-    if not grid_complete(runs):
+    cells_runs = grid_runs(runs)
+    if not cells_runs:
         return []
     names = list(GRID)
+    seeds = sorted({r["seed"] for r in cells_runs[names[0]]})
     lines = [
         "",
         "## AdaSwitch's window L x multiplier K (accuracy, train difficulty)",
+        "",
+        f"Every cell on seeds {', '.join(map(str, seeds))} (the seeds all cells have).",
         "",
         "| L \\ K | " + " | ".join(f"{k:g}" for k in MULTIPLIERS) + " |",
         "|---|" + "---|" * len(MULTIPLIERS),
@@ -528,7 +644,7 @@ def grid_section(runs):
     for i, w in enumerate(WINDOWS):
         cells = []
         for j in range(len(MULTIPLIERS)):
-            group = runs[names[i * len(MULTIPLIERS) + j]]
+            group = cells_runs[names[i * len(MULTIPLIERS) + j]]
             cells.append(show(*interval([r["final"]["train"]["accuracy"] for r in group])))
         lines.append(f"| {w} | " + " | ".join(cells) + " |")
     return lines
@@ -561,10 +677,10 @@ def plot(results, main_runs, runs, output):
     figure.tight_layout()
     figure.savefig(os.path.join(output, "accuracy_vs_step.png"), dpi=120)
 
-    if grid_complete(runs):
-        names = list(GRID)
+    cells_runs = grid_runs(runs)
+    if cells_runs:
         values = np.array(
-            [np.mean([r["final"]["train"]["accuracy"] for r in runs[n]]) for n in names]
+            [np.mean([r["final"]["train"]["accuracy"] for r in cells_runs[n]]) for n in GRID]
         ).reshape(len(WINDOWS), len(MULTIPLIERS))
         figure, axis = subplots(figsize=(5, 4))
         image = axis.imshow(100 * values, cmap="viridis")

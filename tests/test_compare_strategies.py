@@ -120,7 +120,7 @@ def test_the_grid_and_ablation_appear_only_when_complete(tmp_path):
     adaswitch = np.array(cells[cs.ADASWITCH])
     want = stats.ttest_rel(adaswitch, [0.2, 0.25, 0.22]).confidence_interval(0.95)
     difference = cs.show((adaswitch - [0.2, 0.25, 0.22]).mean(), want.low, want.high)
-    assert f"{difference} (3 seeds): AdaSwitch is" in page
+    assert f"| {difference} (3 seeds): {cs.verdict(want.low, want.high)} |" in page
     assert os.path.exists(os.path.join(output, "grid.png"))
 
 
@@ -140,31 +140,62 @@ def test_the_report_stage_reads_results_json_alone(tmp_path):
 
 
 def test_the_reading_says_whether_the_control_flattened(tmp_path):
-    """The control's last evaluation minus its evaluation at half the steps,
-    over seeds, is the NumPy t-interval; AdaSwitch's hand-over sentence
-    averages its final rollouts."""
+    """The control's second-half trend is the NumPy least-squares slope of
+    each seed's evaluations from half the steps on, t-interval over seeds;
+    AdaSwitch's hand-over sentence averages its final rollouts."""
     results = _results({cs.CONTROL: [0.4, 0.45, 0.42], cs.ADASWITCH: [0.5, 0.52, 0.49]})
-    late = {cs.CONTROL: [0.41, 0.47, 0.40]}
+    late = {cs.CONTROL: [[0.41, 0.47, 0.40], [0.43, 0.44, 0.46]]}
     for r in results["runs"]:
         middle = r["accuracy_vs_step"][0]["eval_accuracy"]
-        end = late.get(r["name"], [middle] * 3)[r["seed"]]
+        curve = [middle] + [values[r["seed"]] for values in late.get(r["name"], [[middle] * 3] * 2)]
         r["accuracy_vs_step"] = [
-            {"step": 50, "eval_accuracy": 0.3},
-            {"step": 100, "eval_accuracy": middle},
-            {"step": 150, "eval_accuracy": 0.9},
-            {"step": 200, "eval_accuracy": end},
+            {"step": step, "eval_accuracy": value}
+            for step, value in zip((50, 100, 150, 200), [0.3, *curve])
         ]
     output = str(tmp_path / "page")
     os.makedirs(output)
     cs.report(results, output)
     page = open(output + ".md").read()
-    change = np.array([0.41, 0.47, 0.40]) - [0.4, 0.45, 0.42]
-    want = stats.ttest_1samp(change, 0.0).confidence_interval(0.95)
-    moved = cs.show(change.mean(), want.low, want.high)
-    assert f"moved by {moved} points from step 100 to step 200: within noise." in page
+    curves = np.array([[0.4, 0.41, 0.43], [0.45, 0.47, 0.44], [0.42, 0.40, 0.46]])
+    slopes = np.array([100 * np.polyfit([100, 150, 200], c, 1)[0] for c in curves])
+    want = stats.ttest_1samp(slopes, 0.0).confidence_interval(0.95)
+    slope = cs.show(slopes.mean(), want.low, want.high)
+    assert (
+        f"from step 100 to step 200, per seed, is {slope} points per 100 steps: "
+        "no detectable trend" in page
+    )
     assert "switched on 50% of sequences, at response token 4.0 on average" in page
     assert "the teacher wrote 40% of the response tokens" in page
     assert f"{cs.CONTROL} trains on cross-entropy alone" in page
+    # Final minus start (0.40): AdaSwitch's interval lies above zero, the control's spans it.
+    assert (
+        "the 2 strategies ended (final minus start, 95% interval over seeds) higher: 1; "
+        "within noise: 1." in page
+    )
+
+
+def test_equal_values_and_values_near_zero_are_not_overstated():
+    """Seeds that agree exactly give no interval and no verdict; a bound
+    near zero keeps its sign."""
+    mean, low, high = cs.interval([0.002, 0.002, 0.002])
+    assert cs.verdict(low, high) == "the same on every seed: no interval"
+    assert cs.show(mean, low, high) == "0.2 (every seed)"
+    assert cs.percent(-0.0003) == "-0.03" and cs.percent(0.0) == "0.0"
+    assert cs.show_rate([0.0, 0.0, 0.06]) == cs.show(0.02, 0.0, cs.interval([0, 0, 0.06])[2])
+
+
+def test_the_grid_uses_the_seeds_every_cell_has(tmp_path):
+    """The (5, 2) cell is the main comparison's AdaSwitch, with 5 seeds:
+    the grid shows it on the 3 seeds the other cells have."""
+    cells = {name: [0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.01] for i, name in enumerate(cs.GRID)}
+    cells[cs.ADASWITCH] = cells[cs.ADASWITCH] + [0.9, 0.9]
+    output = str(tmp_path / "page")
+    os.makedirs(output)
+    cs.report(_results(cells), output)
+    page = open(output + ".md").read()
+    assert "Every cell on seeds 0, 1, 2" in page
+    row = [cs.show(*cs.interval(cells[name][:3])) for name in list(cs.GRID)[:3]]
+    assert f"| {cs.WINDOWS[0]} | " + " | ".join(row) + " |" in page
 
 
 def test_the_page_says_whether_it_is_complete(tmp_path):
