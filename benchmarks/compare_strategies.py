@@ -476,18 +476,18 @@ def reading_lines(reading, runs, results):
         slope = second_half_slope(runs[CONTROL])
         if slope:
             (mean, low, high), (first, last) = slope
-            trends = {
-                "higher": "still rising.",
-                "lower": "still falling.",
-                "within noise": "no detectable trend (not proof of a plateau: a slope of "
-                f"{percent(high)} points per 100 steps is inside the interval).",
-            }
             trend = verdict(low, high)
+            if trend == "within noise":
+                trend = (
+                    "no detectable trend (not proof of a plateau: a slope of "
+                    f"{percent(high)} points per 100 steps is inside the interval)"
+                )
+            trend = {"higher": "still rising", "lower": "still falling"}.get(trend, trend)
             out.append(
                 "- Has the control flattened? The least-squares slope of its accuracy on the "
                 f"{results['settings']['eval_limit']} evaluation problems from step {first} to "
                 f"step {last}, per seed, is {show(mean, low, high)} points per 100 steps: "
-                f"{trends.get(trend, trend + '.')}"
+                f"{trend}."
             )
     if ADASWITCH in runs and "switch_rate" in runs[ADASWITCH][0]["final"]["train"]:
         finals = [r["final"]["train"] for r in runs[ADASWITCH]]
@@ -540,10 +540,10 @@ def against_the_start(runs, start):
     for name, group in runs.items():
         moved = verdict(*interval([r["final"]["train"]["accuracy"] - start for r in group])[1:])
         kinds.setdefault(moved, []).append(name)
-    counts = "; ".join(f"{moved}: {len(names)}" for moved, names in sorted(kinds.items()))
+    counts = "; ".join(f"{len(names)} {moved}" for moved, names in sorted(kinds.items()))
     return (
         f"Against the SFT student's start ({percent(start)}%), the {len(runs)} strategies "
-        f"ended (final minus start, 95% interval over seeds) {counts}."
+        f"ended (final minus start, 95% interval over seeds): {counts}."
     )
 
 

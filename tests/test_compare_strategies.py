@@ -169,8 +169,8 @@ def test_the_reading_says_whether_the_control_flattened(tmp_path):
     assert f"{cs.CONTROL} trains on cross-entropy alone" in page
     # Final minus start (0.40): AdaSwitch's interval lies above zero, the control's spans it.
     assert (
-        "the 2 strategies ended (final minus start, 95% interval over seeds) higher: 1; "
-        "within noise: 1." in page
+        "the 2 strategies ended (final minus start, 95% interval over seeds): 1 higher; "
+        "1 within noise." in page
     )
 
 
@@ -246,3 +246,17 @@ def test_merge_adds_the_runs_of_a_stage_run_side_by_side(tmp_path):
     (other / "results.json").write_text(json.dumps(different))
     with pytest.raises(SystemExit):
         cs.main(["--stage", "report", "--output", str(main), "--merge", str(other)])
+
+
+def test_one_seed_makes_no_claim(tmp_path):
+    """With one seed per strategy (the smoke run) every sentence that needs
+    an interval says there is none."""
+    results = _results({cs.CONTROL: [0.4], cs.ADASWITCH: [0.5]})
+    for r in results["runs"]:
+        r["accuracy_vs_step"] = [{"step": s, "eval_accuracy": 0.4} for s in (1, 2, 3, 4)]
+    output = str(tmp_path / "page")
+    os.makedirs(output)
+    cs.report(results, output)
+    page = open(output + ".md").read()
+    assert "AdaSwitch against SFT-continued: one seed, no claim." in page
+    assert "points per 100 steps: one seed: no interval." in page
