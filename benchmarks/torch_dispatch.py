@@ -77,6 +77,7 @@ def transformers_decode(batch_size, prompt_length, new_tokens, rounds):
     import torch
     from trl_gkd import build_model
     from trl_gkd import build_tokenizer
+    from trl_gkd import generate_exactly
 
     tokenizer = build_tokenizer()
     model = build_model(
@@ -85,15 +86,7 @@ def transformers_decode(batch_size, prompt_length, new_tokens, rounds):
     prompts = torch.randint(0, len(tokenizer), (batch_size, prompt_length))
 
     def generate():
-        with torch.no_grad():
-            model.generate(
-                prompts,
-                attention_mask=torch.ones_like(prompts),
-                do_sample=True,
-                top_k=0,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-            )
+        generate_exactly(model, prompts, new_tokens)
 
     seconds = []
     for number in range(rounds + 1):  # the first warms up

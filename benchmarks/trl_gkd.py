@@ -340,6 +340,22 @@ def trl_on_policy_step_seconds(
     }
 
 
+def generate_exactly(model, prompts, new_tokens):
+    """Transformers' `generate` as TRL's on-policy step samples: temperature
+    1 over the whole vocabulary, exactly `new_tokens` tokens per row."""
+    import torch
+
+    with torch.no_grad():
+        return model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+        )
+
+
 def transformers_parts_seconds(
     batch_size, prompt_length, max_new_tokens, rounds=5, warmup=2, seed=0, num_threads=None
 ):
@@ -364,15 +380,7 @@ def transformers_parts_seconds(
     prompts = torch.randint(0, len(tokenizer), (batch_size, prompt_length))
 
     def generate():
-        with torch.no_grad():
-            return student.generate(
-                prompts,
-                attention_mask=torch.ones_like(prompts),
-                do_sample=True,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-            )
+        return generate_exactly(student, prompts, max_new_tokens)
 
     sequences = generate()
 
