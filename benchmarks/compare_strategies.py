@@ -580,6 +580,24 @@ def difficulty_section(runs, difficulties):
         "(switch rates in percent of sequences, intervals clipped to 0-100; positions in "
         "tokens into the response)"
     )
+    easiest, *_, hardest = difficulties
+    lines += ["", f"Switch rate, {hardest} minus {easiest} (paired by seed, points):", ""]
+    follows = {
+        "higher": "rises with difficulty",
+        "lower": "falls with difficulty",
+        "within noise": "no detectable change with difficulty",
+    }
+    for name in switching:
+        change = interval(
+            [
+                r["final"][hardest]["switch_rate"] - r["final"][easiest]["switch_rate"]
+                for r in runs[name]
+            ]
+        )
+        moved = follows.get(verdict(*change[1:]), "the same change on every seed, no interval")
+        if all(r["final"][d]["switch_rate"] == 1.0 for r in runs[name] for d in difficulties):
+            moved = "every sequence switches at every difficulty, on every seed"
+        lines.append(f"- {name}: {show(*change)}: {moved}.")
     return lines
 
 

@@ -260,3 +260,30 @@ def test_one_seed_makes_no_claim(tmp_path):
     page = open(output + ".md").read()
     assert "AdaSwitch against SFT-continued: one seed, no claim." in page
     assert "points per 100 steps: one seed: no interval." in page
+
+
+def test_the_switch_rate_against_difficulty_is_paired_by_seed(tmp_path):
+    """The hardest minus the easiest test set's switch rate, per seed, is
+    the NumPy t-interval; a strategy that always switches says so."""
+    results = _results({cs.CONTROL: [0.4, 0.4, 0.4], cs.ADASWITCH: [0.5, 0.5, 0.5]})
+    rates = {"easier": [0.2, 0.3, 0.25], "train": [0.4, 0.4, 0.4], "harder": [0.6, 0.8, 0.65]}
+    skd = [_run("SKD(top_k=25)", seed, 0.5, switches=True) for seed in range(3)]
+    for run in skd:
+        for d in DIFFICULTIES:
+            run["final"][d]["switch_rate"] = rates[d][run["seed"]]
+    for run in results["runs"]:
+        if run["name"] == cs.ADASWITCH:
+            for d in DIFFICULTIES:
+                run["final"][d]["switch_rate"] = 1.0
+    results["runs"] += skd
+    output = str(tmp_path / "page")
+    os.makedirs(output)
+    cs.report(results, output)
+    page = open(output + ".md").read()
+    change = np.array(rates["harder"]) - rates["easier"]
+    want = stats.ttest_1samp(change, 0.0).confidence_interval(0.95)
+    shown = cs.show(change.mean(), want.low, want.high)
+    assert f"- SKD(top_k=25): {shown}: rises with difficulty." in page
+    assert (
+        f"- {cs.ADASWITCH}: 0.0 (every seed): every sequence switches at every difficulty" in page
+    )
