@@ -473,6 +473,7 @@ def reading_lines(reading, runs, results):
             f"from its start: {effects.get(moved, moved + '.')}"
         )
         out.append("- " + against_the_start(runs, results["student_accuracy"]["train"]))
+        out += first_evaluation_lines(runs, results)
         slope = second_half_slope(runs[CONTROL])
         if slope:
             (mean, low, high), (first, last) = slope
@@ -531,6 +532,32 @@ def second_half_slope(group):
         return None
     slopes = [100 * np.polyfit(late, [c[s] for s in late], 1)[0] for c in curves]
     return interval(slopes), (late[0], late[-1])
+
+
+def first_evaluation_lines(runs, results):
+    """Whether every strategy, the control included, was below the start
+    already at the first evaluation (then the drop is not a strategy's)."""
+    firsts = {}
+    for name, group in runs.items():
+        curves, steps = evaluations(group)
+        if not steps:
+            return []
+        firsts[name] = (steps[0], float(np.mean([c[steps[0]] for c in curves])))
+    start = results["student_eval_accuracy"]
+    if len({step for step, _ in firsts.values()}) != 1 or not all(
+        value < start for _, value in firsts.values()
+    ):
+        return []
+    step = next(iter(firsts.values()))[0]
+    values = [value for _, value in firsts.values()]
+    return [
+        f"- The drop comes at once: at step {step}, the first evaluation, every strategy's "
+        f"mean accuracy on the {results['settings']['eval_limit']} evaluation problems was "
+        f"already {percent(min(values))}-{percent(max(values))}%, against the start's "
+        f"{percent(start)}% on them, the control's too, so no strategy's data causes it. "
+        "Restarting training with a fresh optimizer at this comparison's learning rate is "
+        "one explanation; these runs do not test it."
+    ]
 
 
 def against_the_start(runs, start):
