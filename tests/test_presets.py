@@ -9,6 +9,7 @@ import pytest
 
 import adaswitch_keras as ak
 from adaswitch_keras import presets
+from conftest import once
 
 
 def task_of(name):
@@ -62,6 +63,7 @@ PAGES = {
 }
 
 
+@once
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_presets_pages_are_what_the_report_writes(page, tmp_path):
     """No hand edit and no stale page: each committed page is what
