@@ -550,11 +550,14 @@ def first_evaluation_lines(runs, results):
         return []
     step = next(iter(firsts.values()))[0]
     values = [value for _, value in firsts.values()]
+    curves, steps = evaluations(runs[CONTROL])
+    last = float(np.mean([c[steps[-1]] for c in curves]))
     return [
-        f"- The drop comes at once: at step {step}, the first evaluation, every strategy's "
-        f"mean accuracy on the {results['settings']['eval_limit']} evaluation problems was "
-        f"already {percent(min(values))}-{percent(max(values))}%, against the start's "
-        f"{percent(start)}% on them, the control's too, so no strategy's data causes it. "
+        f"- Every strategy was below the start at the first evaluation: at step {step}, "
+        f"the mean accuracy on the {results['settings']['eval_limit']} evaluation problems "
+        f"was already {percent(min(values))}-{percent(max(values))}%, against the start's "
+        f"{percent(start)}% on them, the control's too ({percent(firsts[CONTROL][1])}%, "
+        f"then {percent(last)}% at step {steps[-1]}), so no strategy's data causes the drop. "
         "Restarting training with a fresh optimizer at this comparison's learning rate is "
         "one explanation; these runs do not test it."
     ]
