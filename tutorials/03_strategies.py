@@ -109,11 +109,11 @@ for r in results:
 # - **SeqKD** needs no ground truth and gives clean teacher text, but the
 #   student never sees its own prefixes (exposure bias).
 # - **OnPolicy / GKD** train on the student's own prefixes; a weak student
-#   writes noisy sequences, so they pay off once the student is decent
-#   (GKD's lmbda mixes in ground truth).
+#   writes noisy sequences (GKD's lmbda mixes in ground truth).
 # - **SKD, Switch, AdaSwitch** let the teacher intervene inside the sequence,
 #   paying for a teacher decode in the rollout. AdaSwitch switches once, when
 #   the divergence jumps relative to its recent past: the student keeps its
 #   own prefix and the teacher writes a coherent rest.
-# - Tiny runs like this one are noisy: compare strategies over several seeds
-#   (see `docs/results/strategies.md`).
+# - Tiny runs like this one are noisy: compare strategies over several seeds,
+#   with intervals. `docs/results/strategies_plateau.md` does, from a student
+#   fine-tuned to its plateau below the teacher (the papers' regime).
