@@ -2,7 +2,7 @@
 
     KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage main --seeds 0 1 2
     KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage main --seeds 3 4 --resume
-    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage ablation --resume
+    KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage ablation --seeds 0 1 2 --resume
     KERAS_BACKEND=jax python benchmarks/compare_strategies.py --stage grid --seeds 0 1 2 --resume
     KERAS_BACKEND=jax python benchmarks/compare_strategies.py --smoke --output /tmp/smoke
 
@@ -418,14 +418,19 @@ def report(results, output):
 
 def completeness(runs):
     """What the page has against what the issue asks: 5 seeds of every main
-    strategy and of the ablation, the 3 x 3 grid on 3 seeds."""
-    wanted = {"main": (MAIN, 5), "ablation": (ABLATION, 5), "grid": (GRID, 3)}
+    strategy; the ablation and the 3 x 3 grid on 3 seeds each (the issue
+    shortens these two first when the compute runs over its plan, as it did:
+    the main stage alone took about 5 of the planned 6 hours)."""
+    wanted = {"main": (MAIN, 5), "ablation": (ABLATION, 3), "grid": (GRID, 3)}
     have = {
         stage: len(set.intersection(*({r["seed"] for r in runs.get(name, [])} for name in names)))
         for stage, (names, _) in wanted.items()
     }
     if all(have[stage] >= seeds for stage, (_, seeds) in wanted.items()):
-        return "Complete: every main strategy and ablation on 5 seeds or more, the grid on 3."
+        return (
+            "Complete: every main strategy on 5 seeds or more, the ablation and the grid "
+            "on 3 or more."
+        )
     return "**Partial**: seeds that every strategy of a stage has so far: " + ", ".join(
         f"{stage} {have[stage]} of {seeds}" for stage, (_, seeds) in wanted.items()
     )
