@@ -23,8 +23,8 @@ call's overhead and none overlaps another, so their sum is not a lower
 bound on a step that runs them in one compiled program: a ratio below 1
 says the step costs less than its parts called one by one.
 
-TRL (`benchmarks/trl_gkd.py`, Transformers models of the same shapes, torch
-CPU) runs in its own process after ours, decoding as many tokens per step as
+TRL (`benchmarks/trl_gkd.py`, `pip install -e '.[trl]'`; Transformers models
+of the same shapes, torch CPU) runs in its own process after ours, decoding as many tokens per step as
 our on-policy rollout did, whole and part by part; `onpolicy_over_trl` is
 the ratio of JAX's median on-policy step and TRL's. The last line of
 the output is
@@ -613,7 +613,14 @@ def main():
         print(f"{backend}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
     trl = None
-    if not args.smoke and importlib.util.find_spec("trl") is not None:
+    if not args.smoke and importlib.util.find_spec("trl") is None:
+        print(
+            "TRL is not installed, so there is no TRL step to compare with and "
+            "onpolicy_over_trl is nan: pip install -e '.[trl]' (the versions we measured).",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not args.smoke:
         from trl_gkd import transformers_parts_seconds
         from trl_gkd import trl_on_policy_step_seconds
 
