@@ -347,7 +347,9 @@ def report(results, output):
         "), which matters against the teacher and start rows (no intervals).",
         f"- Teacher `{os.path.basename(settings['teacher'])}`, student "
         f"`{os.path.basename(settings['student'])}` (docs/presets.md).",
-        f"- Compute: {sum(r['seconds'] for r in results['runs']) / 3600:.1f} h of runs.",
+        f"- Wall time of the runs, added up: {sum(r['seconds'] for r in results['runs']) / 3600:.1f} h "
+        "(an upper bound on their compute: it counts the time runs shared the CPU with "
+        "one another or were paused while other measurements ran).",
         f"- {completeness(runs)}",
         "",
         "## Main comparison",
