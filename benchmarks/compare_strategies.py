@@ -418,16 +418,18 @@ def report(results, output):
         f.write("\n".join(lines).rstrip() + "\n")
 
 
+def shared_seeds(runs, names):
+    """The seeds every one of `names` has a run on (none if one has no run)."""
+    return set.intersection(*({r["seed"] for r in runs.get(name, [])} for name in names))
+
+
 def completeness(runs):
     """What the page has against what the issue asks: 5 seeds of every main
     strategy; the ablation and the 3 x 3 grid on 3 seeds each (the issue
     shortens these two first when the compute runs over its plan, as it did:
     the main stage alone took about 5 of the planned 6 hours)."""
     wanted = {"main": (MAIN, 5), "ablation": (ABLATION, 3), "grid": (GRID, 3)}
-    have = {
-        stage: len(set.intersection(*({r["seed"] for r in runs.get(name, [])} for name in names)))
-        for stage, (names, _) in wanted.items()
-    }
+    have = {stage: len(shared_seeds(runs, names)) for stage, (names, _) in wanted.items()}
     if all(have[stage] >= seeds for stage, (_, seeds) in wanted.items()):
         return (
             "Complete: every main strategy on 5 seeds or more, the ablation and the grid "
@@ -550,6 +552,8 @@ def first_evaluation_lines(runs, results):
         if not steps:
             return []
         firsts[name] = (steps[0], float(np.mean([c[steps[0]] for c in curves])))
+        if name == CONTROL:
+            last_step, last = steps[-1], float(np.mean([c[steps[-1]] for c in curves]))
     start = results["student_eval_accuracy"]
     if len({step for step, _ in firsts.values()}) != 1 or not all(
         value < start for _, value in firsts.values()
@@ -557,14 +561,12 @@ def first_evaluation_lines(runs, results):
         return []
     step = next(iter(firsts.values()))[0]
     values = [value for _, value in firsts.values()]
-    curves, steps = evaluations(runs[CONTROL])
-    last = float(np.mean([c[steps[-1]] for c in curves]))
     return [
         f"- Every strategy was below the start at the first evaluation: at step {step}, "
         f"the mean accuracy on the {results['settings']['eval_limit']} evaluation problems "
         f"was already {percent(min(values))}-{percent(max(values))}%, against the start's "
         f"{percent(start)}% on them, the control's too ({percent(firsts[CONTROL][1])}%, "
-        f"then {percent(last)}% at step {steps[-1]}), so no strategy's data causes the drop. "
+        f"then {percent(last)}% at step {last_step}), so no strategy's data causes the drop. "
         "Restarting training with a fresh optimizer at this comparison's learning rate is "
         "one explanation; these runs do not test it."
     ]
@@ -644,7 +646,7 @@ def ablation_section(runs):
     names = [n for n in ABLATION if n in runs]
     if len(names) < 2:
         return []
-    seeds = set.intersection(*({r["seed"] for r in runs[name]} for name in names))
+    seeds = shared_seeds(runs, names)
     if not seeds:
         return []
     lines = [
@@ -677,7 +679,7 @@ def grid_runs(runs):
     cell has one."""
     if not all(name in runs for name in GRID):
         return {}
-    seeds = set.intersection(*({r["seed"] for r in runs[name]} for name in GRID))
+    seeds = shared_seeds(runs, GRID)
     return {name: [r for r in runs[name] if r["seed"] in seeds] for name in GRID} if seeds else {}
 
 
