@@ -271,14 +271,15 @@ class Floor:
     def timed_run(self, name, tokens, parallel, stop, timed):
         """`_run` on columns [0, parallel) at once, then [parallel, stop) one
         by one; the parallel part's shape changes per batch, so one untimed
-        call compiles it first."""
+        call compiles it first (and is waited for: JAX dispatches
+        asynchronously, and an unfinished call would be timed too)."""
         import numpy as np
 
         model = {"student": self.student, "teacher": self.teacher}[name]
         if name not in self.empty_caches:
             self.empty_caches[name] = self.ops.zeros_like(model._build_cache(tokens)[1])
         inputs = (tokens[:, :parallel], tokens, self.empty_caches[name], np.int32(stop))
-        self.run[name](*inputs)
+        timed(self.run[name], *inputs)
         return timed(self.run[name], *inputs)[0]
 
     def times(self, written, timed):
@@ -313,7 +314,7 @@ class Floor:
                 "teacher", tokens, int(teacher_columns.min()), last, timed
             )
         else:  # scoring alone: a plain forward, cheaper than filling a cache
-            self.forward(inputs)
+            timed(self.forward, inputs)  # compiles; waited for, as in `timed_run`
             seconds["teacher prefill+score+decode"] = timed(self.forward, inputs)[0]
         logits = ops.convert_to_numpy(self.forward(inputs))
         kept = np.concatenate(
