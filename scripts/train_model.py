@@ -3,11 +3,20 @@
     KERAS_BACKEND=jax python scripts/train_model.py --size teacher --steps 6000 \
         --output adaswitch_keras/presets/arithmetic-teacher
 
+To continue a trained model's SFT to its plateau instead, start from its
+preset and choose on the validation split, scoring the fresh test split:
+
+    KERAS_BACKEND=jax python scripts/train_model.py \
+        --init-from adaswitch_keras/presets/arithmetic-hard-student --task arithmetic-hard \
+        --steps 30000 --learning-rate 3e-4 --warmup-steps 300 --eval-split validation \
+        --eval-limit 1000 --test-split fresh_test --patience 4 --output <dir>
+
 Reproducible from `--seed` (same data, same initialisation). Every
 `--eval-every` steps it prints greedy exact-match accuracy on the first
-`--eval-limit` test problems (with `--patience`, it stops at the plateau:
-that many evaluations in a row without a new best); at the end it scores the
-whole test split, saves a KerasHub preset and writes `training.json` beside
+`--eval-limit` problems of `--eval-split` (with `--patience`, it stops at
+the plateau: that many evaluations in a row without a new best, and keeps
+the best evaluation's weights); at the end it scores the whole
+`--test-split`, saves a KerasHub preset and writes `training.json` beside
 it. A killed run resumes from its last evaluation when the same command is
 run again (its backup is in `.train_model_backup/<output name>`);
 `training.json` lists the steps it resumed at, and its `seconds` count the
@@ -26,6 +35,7 @@ import sys
 import time
 
 import keras
+import keras_hub
 import tensorflow as tf
 
 import adaswitch_keras as ak
@@ -73,15 +83,16 @@ def packed_dataset(model, rows, batch_size, seed, max_new_tokens):
 
 
 class Evaluation(keras.callbacks.Callback):
-    """Greedy test accuracy after every epoch (`--eval-every` steps), kept in
-    `log_path` so that a resumed run continues the log; stops training at
-    the plateau: `patience` evaluations in a row without a new best. Each
-    entry names the `commit` that trained it: a run stopped by hand, or
-    resumed at other code, keeps its provenance."""
+    """Greedy accuracy on the evaluation rows after every epoch (`--eval-every`
+    steps), kept in `log_path` so that a resumed run continues the log; stops
+    training at the plateau: `patience` evaluations in a row without a new
+    best, whose weights it keeps in `best_path`. Each entry names the
+    `commit` that trained it: a run stopped by hand, or resumed at other
+    code, keeps its provenance."""
 
-    def __init__(self, test, preprocessor, limit, log_path, patience, log, commit):
+    def __init__(self, rows, preprocessor, log_path, best_path, patience, log, commit):
         super().__init__()
-        self.test, self.preprocessor, self.limit = test, preprocessor, limit
+        self.rows, self.preprocessor, self.best_path = rows, preprocessor, best_path
         self.log_path, self.patience, self.log, self.commit = log_path, patience, log, commit
         # Training time of the evaluations kept (a killed epoch's part is not counted).
         self.seconds_before = log[-1]["seconds"] if log else 0.0
@@ -91,7 +102,7 @@ class Evaluation(keras.callbacks.Callback):
         self.model.preprocessor = self.preprocessor  # generation needs it
         try:
             accuracy = ak.evaluate(
-                self.model, "arithmetic", examples=self.test, limit=self.limit, verbose=0
+                self.model, "arithmetic", examples=self.rows, batch_size=128, verbose=0
             )["accuracy"]
         finally:
             self.model.preprocessor = None
@@ -109,6 +120,8 @@ class Evaluation(keras.callbacks.Callback):
             json.dump(self.log, f)
         print(json.dumps(self.log[-1]), flush=True)
         best = max(range(len(self.log)), key=lambda i: self.log[i]["accuracy"])  # the first best
+        if best == len(self.log) - 1:
+            self.model.save_weights(self.best_path)
         if self.patience and len(self.log) - 1 - best >= self.patience:
             print(f"no gain in {self.patience} evaluations since step {self.log[best]['step']}")
             self.model.stop_training = True
@@ -146,13 +159,25 @@ def resume_state(backup, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="teacher")
+    parser.add_argument(
+        "--init-from", help="a preset to continue training (its size replaces --size)"
+    )
     parser.add_argument("--task", choices=TASKS, default="arithmetic")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="the peak")
+    parser.add_argument("--warmup-steps", type=int, help="linear warm-up; 5%% of --steps if unset")
     parser.add_argument("--sequence-length", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-limit", type=int, default=128)
+    parser.add_argument(
+        "--eval-split", choices=("test", "validation"), default="test",
+        help="the split of the curve and of --patience",
+    )
+    parser.add_argument(
+        "--test-split", choices=("test", "fresh_test"), default="test",
+        help="the split scored at the end",
+    )
     parser.add_argument(
         "--patience",
         type=int,
@@ -169,17 +194,23 @@ def main():
 
     commit = git_commit()  # the code that trains, before anything else can change it
     keras.utils.set_random_seed(args.seed)
-    model = ak.tiny.causal_lm(**SIZES[args.size], sequence_length=args.sequence_length)
+    if args.init_from:
+        model = keras_hub.models.CausalLM.from_preset(args.init_from)
+    else:
+        model = ak.tiny.causal_lm(**SIZES[args.size], sequence_length=args.sequence_length)
+    warmup = args.steps // 20 if args.warmup_steps is None else args.warmup_steps
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, args.steps, alpha=0.1, warmup_target=args.learning_rate, warmup_steps=args.steps // 20
+        0.0, args.steps, alpha=0.1, warmup_target=args.learning_rate, warmup_steps=warmup
     )
     model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01), sampler="greedy")
     task, max_new_tokens = TASKS[args.task]
     train = ak.data.load("arithmetic", "train", seed=args.seed, **task)
-    test = ak.data.load("arithmetic", "test", seed=args.seed, **task)
+    test = ak.data.load("arithmetic", args.test_split, seed=args.seed, **task)
+    rows = ak.data.load("arithmetic", args.eval_split, seed=args.seed, limit=args.eval_limit, **task)
     dataset = packed_dataset(model, train, args.batch_size, args.seed, max_new_tokens)
     print(
-        f"{args.size}: {model.count_params():,} parameters; {len(train)} train / {len(test)} test problems"
+        f"{args.init_from or args.size}: {model.count_params():,} parameters; {len(train)} train, "
+        f"{len(rows)} {args.eval_split}, {len(test)} {args.test_split} problems"
     )
 
     # Killed, the same command resumes where the last backup was made, as if
@@ -189,10 +220,8 @@ def main():
     resumed_step, log = resume_state(backup, vars(args))
     dataset = dataset.skip(resumed_step)
     preprocessor = model.preprocessor
-    log_path = os.path.join(backup, "log.json")
-    evaluation = Evaluation(
-        test, preprocessor, args.eval_limit, log_path, args.patience, log, commit
-    )
+    log_path, best_path = (os.path.join(backup, name) for name in ("log.json", "best.weights.h5"))
+    evaluation = Evaluation(rows, preprocessor, log_path, best_path, args.patience, log, commit)
     model.preprocessor = None  # fit reads the packed data; generation gets it back
     try:
         model.fit(
@@ -211,22 +240,28 @@ def main():
         model.preprocessor = preprocessor
     log = evaluation.log
     done = log[-1]["step"]
+    best = max(log, key=lambda entry: entry["accuracy"])
+    if args.patience:
+        model.load_weights(best_path)
 
     final = ak.evaluate(model, "arithmetic", examples=test, verbose=0)
     os.makedirs(args.output, exist_ok=True)
     model.save_to_preset(args.output)
     report = {
         "commit": commit,
-        "size": args.size,
+        "size": None if args.init_from else args.size,
+        "init_from": args.init_from and os.path.basename(args.init_from.rstrip("/")),
         "parameters": model.count_params(),
         "task": task,
         "max_new_tokens": max_new_tokens,
         "args": vars(args),
         "backend": keras.backend.backend(),
         "steps_done": done,
+        "kept_step": best["step"] if args.patience else done,
         "resumed_at_steps": [entry["step"] for entry in log if entry.get("resumed")],
         "seconds": log[-1]["seconds"],
         "test_accuracy": final["accuracy"],
+        "test_split": args.test_split,
         "test_problems": len(test),
         "log": log,
     }

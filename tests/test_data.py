@@ -61,6 +61,23 @@ def test_train_and_test_never_share_a_question(options):
     assert not train & set(test)
 
 
+@pytest.mark.parametrize("options", [{}, HARD])
+def test_held_out_splits_are_disjoint_from_training_and_each_other(options):
+    """test, validation and fresh_test: consecutive blocks of one held-out
+    stream, none sharing a question with train or with each other; a
+    split's first rows do not depend on how many are asked for."""
+    train = {r["question"] for r in arithmetic.generate("train", 5000, **options)}
+    held_out = {split: arithmetic.generate(split, **options) for split in arithmetic.HELD_OUT}
+    for split, (start, end) in arithmetic.HELD_OUT.items():
+        questions = [r["question"] for r in held_out[split]]
+        assert len(questions) == len(set(questions)) == end - start
+        assert not train & set(questions)
+        assert arithmetic.generate(split, 7, **options) == held_out[split][:7]
+    test, validation, fresh = ({r["question"] for r in held_out[s]} for s in arithmetic.HELD_OUT)
+    assert not test & validation and not test & fresh and not validation & fresh
+    assert all(arithmetic.split_of(q) == "test" for q in test | validation | fresh)
+
+
 def test_the_generator_is_deterministic_across_processes():
     """Same rows in another process with another hash seed; a golden first row."""
     import subprocess
@@ -89,7 +106,9 @@ def test_distractors_and_knobs_show_in_the_text():
 
 def test_bad_arithmetic_arguments_are_explained():
     with pytest.raises(ValueError, match="splits"):
-        arithmetic.generate("validation")
+        arithmetic.generate("dev")
+    with pytest.raises(ValueError, match="has 500 problems"):
+        arithmetic.generate("test", 501)
     with pytest.raises(ValueError, match="operations"):
         arithmetic.generate("train", operations="+/")
     with pytest.raises(ValueError, match="distinct"):
