@@ -171,11 +171,15 @@ def main():
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-limit", type=int, default=128)
     parser.add_argument(
-        "--eval-split", choices=("test", "validation"), default="test",
+        "--eval-split",
+        choices=("test", "validation"),
+        default="test",
         help="the split of the curve and of --patience",
     )
     parser.add_argument(
-        "--test-split", choices=("test", "fresh_test"), default="test",
+        "--test-split",
+        choices=("test", "fresh_test"),
+        default="test",
         help="the split scored at the end",
     )
     parser.add_argument(
@@ -206,7 +210,9 @@ def main():
     task, max_new_tokens = TASKS[args.task]
     train = ak.data.load("arithmetic", "train", seed=args.seed, **task)
     test = ak.data.load("arithmetic", args.test_split, seed=args.seed, **task)
-    rows = ak.data.load("arithmetic", args.eval_split, seed=args.seed, limit=args.eval_limit, **task)
+    rows = ak.data.load(
+        "arithmetic", args.eval_split, seed=args.seed, limit=args.eval_limit, **task
+    )
     dataset = packed_dataset(model, train, args.batch_size, args.seed, max_new_tokens)
     print(
         f"{args.init_from or args.size}: {model.count_params():,} parameters; {len(train)} train, "
