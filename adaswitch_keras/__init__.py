@@ -20,6 +20,7 @@ from adaswitch_keras.strategies import GKD
 from adaswitch_keras.strategies import SFT
 from adaswitch_keras.strategies import SKD
 from adaswitch_keras.strategies import AdaSwitch
+from adaswitch_keras.strategies import FixedSwitch
 from adaswitch_keras.strategies import ImitKD
 from adaswitch_keras.strategies import OnPolicy
 from adaswitch_keras.strategies import SeqKD

@@ -306,6 +306,36 @@ class AdaSwitch(Strategy):
         return config
 
 
+class FixedSwitch(Strategy):
+    """The control for where AdaSwitch switches: every sequence switches at
+    the same response position p, whatever its divergences, and the teacher
+    writes the rest. Set p to an AdaSwitch setting's mean switch position:
+    AdaSwitch minus FixedSwitch then asks whether choosing *where* to
+    switch matters beyond how much the teacher writes.
+
+    Args:
+        position: p, the 0-based response position of the first teacher
+            token (0: the teacher writes every token, as in SeqKD).
+    """
+
+    name = "fixed_switch"
+    decoders = ("student", "teacher")
+    teacher_finishes = True
+    draft_length = AdaSwitch.draft_length
+
+    def __init__(self, position=8):
+        if not (isinstance(position, int) and position >= 0):
+            raise ValueError(f"`position` must be an integer >= 0. Received: position={position}")
+        self.position = position
+
+    def teacher_writes(self, scores, mask):
+        after = ops.greater_equal(response_positions(mask), self.position)
+        return ops.logical_and(ops.cast(mask, "bool"), after)
+
+    def get_config(self):
+        return {"position": self.position}
+
+
 def registered():
     """{name: class} of every registered strategy, in registration order."""
     return dict(_REGISTRY)

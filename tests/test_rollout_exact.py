@@ -46,6 +46,7 @@ PARAMETERS = {
     "decay": st.floats(0.0, 0.3),
     "beta": st.floats(0.0, 1.0),
     "lmbda": st.floats(0.0, 1.0),
+    "position": st.integers(0, 6),
 }
 # The arguments of the edge cases: each rule fires on some tokens, not all.
 EDGE_ARGUMENTS = {
@@ -56,6 +57,7 @@ EDGE_ARGUMENTS = {
     "decay": 0.05,
     "beta": 0.5,
     "lmbda": 0.5,
+    "position": 2,
 }
 SAMPLERS = {
     "random": keras_hub.samplers.RandomSampler(),

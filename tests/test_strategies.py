@@ -134,6 +134,21 @@ def test_skd_score_is_teacher_rank_of_the_proposal():
     np.testing.assert_array_equal(writes, ~in_top_k)
 
 
+@pytest.mark.parametrize("position", [0, 1, 3, 30])
+def test_fixed_switch_teacher_writes_from_its_position_on(position):
+    """Response position p is the first teacher token in every row, whatever
+    the scores; p - 1 is the student's; a response of at most p tokens never
+    switches."""
+    trace, mask = random_traces(5)
+    writes = ops.convert_to_numpy(ak.FixedSwitch(position=position).teacher_writes(trace, mask))
+    want = np.zeros_like(mask)
+    for b in range(mask.shape[0]):
+        for t, column in enumerate(np.flatnonzero(mask[b])):
+            want[b, column] = t >= position
+    np.testing.assert_array_equal(writes, want)
+    assert (mask.sum(1) <= position).any() or position == 0
+
+
 def test_fixed_source_strategies():
     mask = np.array([[0, 1, 1, 0]], bool)
     scores = np.ones((1, 4), "float32")
@@ -156,6 +171,8 @@ def test_fixed_source_strategies():
         (lambda: ak.SKD(top_k=0), "top_k"),
         (lambda: ak.GKD(lmbda=1.5), "lmbda"),
         (lambda: ak.Switch(tau0=-1.0), "tau0"),
+        (lambda: ak.FixedSwitch(position=-1), "position"),
+        (lambda: ak.FixedSwitch(position=2.0), "position"),
         (lambda: strategies.get("nope"), "Unknown strategy"),
     ],
 )
