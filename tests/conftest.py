@@ -69,7 +69,15 @@ def batch(pair):
 
 
 # Arguments under which every rule fires on the tiny pair: on some tokens, not all.
-STRATEGY_ARGUMENTS = {"window": 2, "k": 1.2, "top_k": 60, "tau0": 0.3, "decay": 0.05, "lmbda": 0.5, "position": 2}
+STRATEGY_ARGUMENTS = {
+    "window": 2,
+    "k": 1.2,
+    "top_k": 60,
+    "tau0": 0.3,
+    "decay": 0.05,
+    "lmbda": 0.5,
+    "position": 2,
+}
 
 
 def make_strategy(name, arguments=STRATEGY_ARGUMENTS):
