@@ -146,18 +146,23 @@ def accuracy(model, rows, batch_size):
     ]
 
 
-def run(name, make, seed, teacher, train, tests, args):
-    """Distil a fresh copy of the SFT student with `make()`'s settings."""
+def run(name, make, seed, teacher, train, tests, args, curve_rows=None, optimizer=None):
+    """Distil a fresh copy of the SFT student with `make()`'s settings: the
+    curve on `curve_rows` (the first `eval_limit` train-difficulty `tests`
+    by default), the optimizer from `optimizer()` (AdamW at the constant
+    `learning_rate` by default), the final scores on every one of `tests`."""
     keras.utils.set_random_seed(seed)
     student = keras_hub.models.CausalLM.from_preset(args.student)
     distiller = ak.Distiller(
         teacher, student, max_new_tokens=args.max_new_tokens, seed=seed, **make()
     )
-    distiller.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
+    distiller.compile(
+        optimizer=optimizer() if optimizer else keras.optimizers.AdamW(args.learning_rate)
+    )
     clock = StepTimer()
     evaluation = TaskEvaluation(
         "arithmetic",
-        tests["train"][: args.eval_limit],
+        tests["train"][: args.eval_limit] if curve_rows is None else curve_rows,
         every_n_steps=args.eval_every,
         batch_size=args.eval_batch_size,
     )
