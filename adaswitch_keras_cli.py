@@ -15,8 +15,7 @@ def main(argv=None):
             os.environ["KERAS_BACKEND"] = arg.split("=", 1)[1]
         elif arg == "--backend" and index + 1 < len(argv):
             os.environ["KERAS_BACKEND"] = argv[index + 1]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from adaswitch_keras import cli
+    from adaswitch_keras import cli  # quietly: see adaswitch_keras/quiet.py
 
     return cli.main(argv)
 

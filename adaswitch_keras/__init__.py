@@ -1,5 +1,9 @@
 """AdaSwitch knowledge distillation for causal LMs, in Keras 3."""
 
+from adaswitch_keras.quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before Keras imports it: see `quiet`
+
 from adaswitch_keras import callbacks
 from adaswitch_keras import convert  # registers the GGUF model classes for from_preset
 from adaswitch_keras import data

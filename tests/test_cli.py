@@ -177,6 +177,29 @@ def test_console_script_sets_the_backend_before_keras(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == backend
 
 
+def test_help_writes_nothing_to_stderr_on_this_backend():
+    """TensorFlow's absl and CUDA-stub lines stay off stderr (adaswitch_keras/quiet.py);
+    ADASWITCH_VERBOSE=1 brings them back."""
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); import adaswitch_keras_cli; adaswitch_keras_cli.main()"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "ADASWITCH_VERBOSE")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--help"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "distill" in done.stdout
+    assert done.stderr == ""
+    loud = subprocess.run(
+        [sys.executable, "-c", code, "--help"],
+        env={**env, "ADASWITCH_VERBOSE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert "absl" in loud.stderr or "cuda" in loud.stderr.lower()
+
+
 def test_samplers_from_specs():
     """`--temperature` is the sampling temperature (TRL's), unless a spec sets its own."""
     sampler = cli.make_sampler("top_p:p=0.5,temperature=0.2", 0.9, "--teacher-sampler")

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from keras import ops
 
 import adaswitch_keras as ak
@@ -221,3 +224,114 @@ def test_the_custom_strategy_of_the_docstring_registers_and_rolls_out(pair, batc
         assert 0 < rule.sum() < out["response_mask"].sum()
     finally:
         strategies._REGISTRY.pop("unsure", None)
+
+
+# -- the rules' boundaries, on purpose (ties, the first eligible position,
+# the window's edges, rank == top_k), not by the luck of a random draw ------
+def _first_switch(rule, trace, mask=None):
+    trace = np.array([trace], "float32")
+    mask = np.ones(trace.shape, bool) if mask is None else np.array([mask], bool)
+    return int(ops.convert_to_numpy(rule.first_switch(trace, mask))[0])
+
+
+def test_adaswitch_threshold_is_strict():
+    """d_i equal to K x the window mean does not switch; just above does."""
+    rule = ak.AdaSwitch(window=2, k=2.0)
+    assert _first_switch(rule, [1.0, 1.0, 2.0, 1.0, 1.0]) == 5  # 2 = 2 x mean(1, 1): a tie
+    assert _first_switch(rule, [1.0, 1.0, 2.001, 1.0, 1.0]) == 2
+    assert _first_switch(ak.AdaSwitch(window=1, k=1.0), [0.0, 0.0, 0.0]) == 3  # 0 > 0 is false
+
+
+def test_adaswitch_first_eligible_position_is_the_window_length():
+    rule = ak.AdaSwitch(window=3, k=2.0)
+    assert _first_switch(rule, [1.0, 1.0, 1.0, 9.0, 1.0, 1.0]) == 3  # i = L: the window is full
+    assert _first_switch(rule, [1.0, 1.0, 9.0, 1.0, 1.0, 1.0]) == 6  # i = L - 1 never switches
+    # the same with a prompt before the response: positions count from the response
+    mask = [False, False, True, True, True, True, True, True]
+    assert _first_switch(rule, [0.0, 0.0, 1.0, 1.0, 1.0, 9.0, 1.0, 1.0], mask) == 5
+    assert _first_switch(rule, [0.0, 0.0, 1.0, 1.0, 9.0, 1.0, 1.0, 1.0], mask) == 8
+
+
+def test_adaswitch_window_holds_exactly_the_last_l_divergences():
+    rule = ak.AdaSwitch(window=2, k=2.0)
+    # d_{i-L-1} = 100 is outside the window of i = 3: mean(1, 1) = 1, and 2.5 > 2.
+    assert _first_switch(rule, [100.0, 1.0, 1.0, 2.5]) == 3
+    # d_{i-L} = 10 is inside it: mean(10, 1) = 5.5, and 5 < 11 (no switch anywhere).
+    assert _first_switch(rule, [1.0, 10.0, 1.0, 5.0]) == 4
+    # d_i itself is not: mean(1, 1) = 1 at i = 2, and 3 > 2 switches.
+    assert _first_switch(rule, [1.0, 1.0, 3.0]) == 2
+
+
+def test_switch_threshold_is_strict_and_starts_at_the_first_response_token():
+    mask = np.array([[False, False, True, True, True, True]])
+    # tau(t) = 0.25 * 2^-t at response positions t = 0, 1, 2, 3: 0.25, 0.125, 0.0625, 0.03125.
+    rule = ak.Switch(tau0=0.25, decay=float(np.log(2.0)))
+    scores = np.array([[9.0, 9.0, 0.2, 0.1, 0.05, 0.04]], "float32")
+    writes = ops.convert_to_numpy(rule.teacher_writes(scores, mask))
+    np.testing.assert_array_equal(writes, [[False, False, False, False, False, True]])
+    ties = ak.Switch(tau0=0.25, decay=0.0)  # tau = 0.25 everywhere: a score of 0.25 is a tie
+    scores = np.array([[0.0, 0.0, 0.25, 0.2500001, 0.25, 0.0]], "float32")
+    writes = ops.convert_to_numpy(ties.teacher_writes(scores, mask))
+    np.testing.assert_array_equal(writes, [[False, False, False, True, False, False]])
+
+
+def test_skd_rank_counts_strictly_higher_logits_and_writes_from_rank_top_k():
+    """Ties count in the proposal's favour; the teacher writes at rank == top_k."""
+    teacher = np.array([[3.0, 2.0, 2.0, 2.0, 1.0, 0.0]] * 3, "float32")
+    proposal = np.array([1, 4, 0], "int32")  # logits 2 (tied), 1 and 3
+    rank = ops.convert_to_numpy(ak.SKD(top_k=1).score(teacher, None, proposal))
+    np.testing.assert_array_equal(rank, [1, 4, 0])
+    mask = np.ones((3, 1), bool)
+    for top_k, want in [
+        (1, [True, True, False]),
+        (2, [False, True, False]),
+        (4, [False, True, False]),
+        (5, [False, False, False]),
+    ]:
+        writes = ops.convert_to_numpy(ak.SKD(top_k=top_k).teacher_writes(rank[:, None], mask))
+        np.testing.assert_array_equal(writes[:, 0], want, err_msg=f"top_k={top_k}")
+
+
+# Values whose sums and K-multiples are exact in float32: ties are frequent.
+TIED = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    data=st.data(),
+    window=st.integers(1, 4),
+    k=st.sampled_from([1.0, 2.0, 4.0]),
+    length=st.integers(1, 10),
+)
+def test_adaswitch_matches_the_loop_on_tied_traces(data, window, k, length):
+    trace = np.array([data.draw(st.lists(TIED, min_size=length, max_size=length))], "float32")
+    start = data.draw(st.integers(0, length))
+    mask = (np.arange(length) >= start)[None, :]
+    got = ops.convert_to_numpy(ak.AdaSwitch(window=window, k=k).first_switch(trace, mask))
+    np.testing.assert_array_equal(got, np_first_switch(trace, mask, window, k))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), length=st.integers(1, 8), tau0=TIED)
+def test_switch_matches_the_loop_on_tied_scores(data, length, tau0):
+    scores = np.array([data.draw(st.lists(TIED, min_size=length, max_size=length))], "float32")
+    start = data.draw(st.integers(0, length))
+    mask = (np.arange(length) >= start)[None, :]
+    got = ops.convert_to_numpy(ak.Switch(tau0=tau0, decay=0.0).teacher_writes(scores, mask))
+    want = mask & (scores > tau0)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    logits=st.lists(st.integers(0, 3), min_size=6, max_size=6),
+    proposal=st.integers(0, 5),
+    top_k=st.integers(1, 6),
+)
+def test_skd_matches_the_count_on_tied_logits(logits, proposal, top_k):
+    teacher = np.array([logits], "float32")
+    rank = ops.convert_to_numpy(ak.SKD(top_k=top_k).score(teacher, None, np.array([proposal])))
+    want = sum(value > logits[proposal] for value in logits)
+    assert rank[0] == want
+    writes = ops.convert_to_numpy(ak.SKD(top_k=top_k).teacher_writes(rank[:, None], [[True]]))
+    assert bool(writes[0, 0]) == (want >= top_k)
