@@ -64,9 +64,10 @@ def load_model(preset):
     try:
         return keras_hub.models.CausalLM.from_preset(preset)
     except Exception as error:  # KerasHub raises many types for a bad name
+        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(
-            f"Could not load the preset {preset!r} ({type(error).__name__}: {error}). "
-            f"Use a KerasHub preset name, a local preset directory or one of {presets.NAMES}."
+            f"Could not load the preset {preset!r} ({cause}). Use a KerasHub preset name, "
+            f"a local preset directory or one of {', '.join(presets.NAMES)}."
         ) from None
 
 
@@ -155,6 +156,11 @@ def strategy_help():
 
 
 def load_rows(task, split, args, limit=None, **options):
+    if task in data.files.FILES and args.data_dir is None:
+        raise UsageError(
+            f"--task {task} reads local JSONL files: pass --data-dir DIR, a folder holding "
+            f"{', '.join(data.files.FILES[task].values())} (the README's 'Tasks and evaluation' says where to get them)."
+        )
     try:
         return data.load(
             task, split, data_dir=args.data_dir, limit=limit, chat=args.chat, **options

@@ -108,7 +108,8 @@ def test_evaluate_prints_metrics(preset_dirs, tmp_path, capsys):
             ["evaluate", "--model", "preset_dirs", "--task", "gsm8k", "--data-dir", "/nowhere"],
             "No gsm8k test file at /nowhere",
         ),
-        (["evaluate", "--model", "preset_dirs", "--task", "gsm8k"], "data_dir="),
+        (["evaluate", "--model", "preset_dirs", "--task", "gsm8k"], "pass --data-dir DIR"),
+        (["evaluate", "--model", "no_such_preset"], "Could not load the preset 'no_such_preset'"),
         (["demo", "--steps", "0"], "--steps must be at least 1"),
         (
             ["demo", "--strategy", "skd", "--option", "window=2"],
@@ -137,6 +138,7 @@ def test_bad_arguments_are_one_line_errors(arguments, message, preset_dirs, caps
     assert cli.main(arguments) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1, error
 
 
 def test_incompatible_tokenizers_are_a_clear_error(preset_dirs, tmp_path, capsys):
