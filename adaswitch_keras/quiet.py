@@ -1,11 +1,12 @@
 """A quiet start: TensorFlow, which Keras and KerasHub import on every
 backend, writes absl and CUDA-stub lines ("All log messages before
-absl::InitializeLog() is called", "Could not find cuda drivers") straight to
-file descriptor 2 while it is imported, where `TF_CPP_MIN_LOG_LEVEL` does
-not reach. `import adaswitch_keras` imports TensorFlow first with that
-descriptor pointed at /dev/null; `ADASWITCH_VERBOSE=1` keeps the lines.
-Python's own warnings and errors are untouched: the descriptor is restored
-before the import returns or raises.
+absl::InitializeLog() is called", "Could not find cuda drivers", and
+"failed call to cuInit" when it first looks for devices) straight to file
+descriptor 2, where `TF_CPP_MIN_LOG_LEVEL` does not reach.
+`import adaswitch_keras` imports TensorFlow and lists its devices first,
+with that descriptor pointed at /dev/null; `ADASWITCH_VERBOSE=1` keeps the
+lines. Python's own warnings and errors are untouched: the descriptor is
+restored before the import returns or raises.
 """
 
 import contextlib
@@ -33,4 +34,6 @@ def import_tensorflow_quietly():
     if "tensorflow" in sys.modules or os.environ.get("ADASWITCH_VERBOSE") == "1":
         return
     with native_stderr_silenced():
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # "failed call to cuInit", once, now

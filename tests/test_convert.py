@@ -15,6 +15,9 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import adaswitch_keras as ak
 from adaswitch_keras import convert
@@ -408,3 +411,47 @@ def test_real_pruned_smollm2_student_saves_as_the_same_model(tmp_path):
         f"{np.abs(hf_logits - expected).max():.2e}"
     )
     np.testing.assert_allclose(hf_logits, expected, atol=1e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def good_gguf(tmp_path_factory):
+    """The bytes of a small valid GGUF file, and where its tensor data begin."""
+    path = tmp_path_factory.mktemp("gguf") / "good.gguf"
+    convert.save_gguf(tiny_llama(tie=True), path)
+    return path.read_bytes(), int(gguf.GGUFReader(path).data_offset)
+
+
+CORRUPTIONS = st.one_of(
+    st.tuples(st.just("truncate"), st.floats(0.0, 1.0), st.just(b"")),
+    st.tuples(st.just("overwrite"), st.floats(0.0, 1.0), st.binary(min_size=1, max_size=8)),
+)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(corruption=CORRUPTIONS)
+def test_a_corrupted_gguf_file_is_refused_in_one_line(good_gguf, tmp_path_factory, corruption):
+    """Cut short or overwritten anywhere in its header, metadata or tensor
+    table, a file is read (when the damage left it valid) or refused with
+    a one-line ValueError naming it; nothing else escapes."""
+    content, data_offset = good_gguf
+    kind, where, patch = corruption
+    at = int(where * data_offset)  # the header, the metadata and the tensor table
+    bad = content[:at] if kind == "truncate" else content[:at] + patch + content[at + len(patch) :]
+    path = tmp_path_factory.mktemp("bad") / "bad.gguf"
+    path.write_bytes(bad)
+    try:
+        convert.load_gguf(path, sequence_length=16)
+    except ValueError as error:
+        message = str(error)
+        assert str(path) in message and "\n" not in message, message
+
+
+def test_a_gguf_string_that_is_not_utf8_is_refused_in_one_line(good_gguf, tmp_path):
+    content, _ = good_gguf
+    at = content.index(b"general.architecture") + len(b"general.architecture") + 4 + 8
+    assert content[at : at + 5] == b"llama"  # the value: type (4 bytes), length (8), text
+    path = tmp_path / "latin1.gguf"
+    path.write_bytes(content[:at] + b"\x93" + content[at + 1 :])
+    with pytest.raises(ValueError, match="a metadata string is not UTF-8") as error:
+        convert.load_gguf(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)

@@ -172,8 +172,11 @@ def load_gguf(path, *, sequence_length=1024, dtype=None):
         whose preprocessor ends sequences with the file's end token.
     """
     reader = _open(path)
-    config = _backbone_config(reader, path)
-    tokenizer = _tokenizer(reader, path)
+    try:
+        config = _backbone_config(reader, path)
+        tokenizer = _tokenizer(reader, path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path!r}: a metadata string is not UTF-8 ({error}).") from None
     tensors = {t.name: t for t in reader.tensors}
     _check_tensor_names(tensors, config["num_layers"], path)
     config["vocabulary_size"] = int(tensors["token_embd.weight"].shape[1])
