@@ -19,8 +19,9 @@ import os
 import platform
 import subprocess
 import sys
-import tomllib
 from collections import Counter
+
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
