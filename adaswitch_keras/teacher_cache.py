@@ -26,6 +26,9 @@ bucket for the rest of the mass.
 """
 
 import json
+import math
+import os
+import zipfile
 
 import keras
 import numpy as np
@@ -102,17 +105,97 @@ def write(
 
 
 def read(path):
-    """The arrays of a cache file and its `meta` as a dict."""
-    with np.load(path) as stored:
-        arrays = {key: stored[key] for key in stored.files}
-    arrays["meta"] = json.loads(str(arrays["meta"]))
+    """The arrays of a cache file and its `meta` as a dict. A file that is
+    not a cache this module wrote is refused with a one-line `ValueError`
+    that names it, before any array is allocated (`_load`)."""
+    arrays = _load(path, ARRAYS)
+    arrays["meta"] = _meta(arrays["meta"], path)
+    _check_arrays(arrays, path)
     return arrays
 
 
 def meta(path):
     """A cache file's `meta` alone (the arrays stay on disk)."""
-    with np.load(path) as stored:
-        return json.loads(str(stored["meta"]))
+    return _meta(_load(path, ["meta"])["meta"], path)
+
+
+# The arrays a cache holds: dtype kind ("i" integer, "b" bool, "f" float) and rank.
+ARRAYS = {
+    "meta": ("U", 0),
+    "token_ids": ("i", 2),
+    "padding_mask": ("b", 2),
+    "response_mask": ("b", 2),
+    "top_k_ids": ("i", 3),
+    "top_k_log_probs": ("f", 3),
+}
+META = ("top_k", "vocabulary_size", "max_new_tokens", "longest_response")
+
+
+def _load(path, keys):
+    """The arrays `keys` of a checked `.npz`: a zip of exactly `ARRAYS`, each
+    member's NumPy header of the right kind and rank and no larger than the
+    member itself (NumPy allocates what a header declares before reading)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No teacher cache at {path!r}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            if sorted(members) != sorted(f"{key}.npy" for key in ARRAYS):
+                raise ValueError(f"it holds {sorted(members)}, not the arrays {list(ARRAYS)}")
+            for key, (kind, rank) in ARRAYS.items():
+                with archive.open(members[f"{key}.npy"]) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in ((1, 0), (2, 0)):  # np.savez writes 1.0
+                        raise ValueError(f"{key} has NumPy format version {version}")
+                    read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+                    shape, _, dtype = read_header(member)
+                    header = member.tell()
+                if dtype.kind != kind or len(shape) != rank:
+                    raise ValueError(f"{key} is {dtype} of rank {len(shape)}")
+                if math.prod(shape) * dtype.itemsize > members[f"{key}.npy"].file_size - header:
+                    raise ValueError(f"{key} declares shape {shape}, more than the file holds")
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in keys}
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as error:
+        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path!r} is not a teacher cache: {cause}.") from None
+
+
+def _meta(value, path):
+    try:
+        meta = json.loads(str(value))
+        if not all(isinstance(meta.get(key), int) and meta[key] >= 0 for key in META):
+            raise ValueError(f"meta lacks one of {META} as a count")
+    except ValueError as error:  # json's errors are ValueErrors too
+        cause = str(error).splitlines()[0]
+        raise ValueError(f"{path!r} is not a teacher cache: {cause}.") from None
+    return meta
+
+
+def _check_arrays(arrays, path):
+    """Shapes that agree with each other and with `meta`; token ids inside
+    the vocabulary; responses no longer than R."""
+    meta, (rows, length) = arrays["meta"], arrays["token_ids"].shape
+    expected = {
+        "padding_mask": (rows, length),
+        "response_mask": (rows, length),
+        "top_k_ids": (rows, meta["longest_response"], meta["top_k"]),
+        "top_k_log_probs": (rows, meta["longest_response"], meta["top_k"]),
+    }
+    problems = [
+        f"{key} has shape {arrays[key].shape}, not {shape}"
+        for key, shape in expected.items()
+        if arrays[key].shape != shape
+    ]
+    for key in ("token_ids", "top_k_ids"):
+        values = arrays[key]
+        if values.size and (values.min() < 0 or values.max() >= meta["vocabulary_size"]):
+            problems.append(f"{key} holds ids outside [0, {meta['vocabulary_size']})")
+    if rows and arrays["response_mask"].sum(1).max() > meta["longest_response"]:
+        problems.append("a response is longer than meta's longest_response")
+    if problems:
+        raise ValueError(f"{path!r} is not a teacher cache: {problems[0]}.")
 
 
 def dataset(path, batch_size=8, shuffle=False, seed=0):

@@ -335,3 +335,13 @@ def test_skd_matches_the_count_on_tied_logits(logits, proposal, top_k):
     assert rank[0] == want
     writes = ops.convert_to_numpy(ak.SKD(top_k=top_k).teacher_writes(rank[:, None], [[True]]))
     assert bool(writes[0, 0]) == (want >= top_k)
+
+
+def test_a_rule_that_reads_no_score_records_zeros():
+    """The base score (FixedSwitch's, the fixed-source strategies'): float32
+    zeros, one per row, whatever the logits."""
+    rng = np.random.default_rng(2)
+    teacher, student = rng.normal(size=(2, 3, 7)).astype("float32")
+    score = ak.FixedSwitch(position=1).score(teacher, student, np.array([4, 0, 6], "int32"))
+    assert ops.convert_to_numpy(score).dtype == np.float32
+    np.testing.assert_array_equal(ops.convert_to_numpy(score), np.zeros(3, "float32"))

@@ -2,14 +2,20 @@
 contents, and a Distiller with no teacher that trains as one with it."""
 
 import json
+import re
+import zipfile
 
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from keras import ops
 
 import adaswitch_keras as ak
 from adaswitch_keras import divergences
+from adaswitch_keras import teacher_cache
 from conftest import MAX_NEW_TOKENS
 from conftest import SEQUENCE_LENGTH
 from conftest import arithmetic_pairs
@@ -141,3 +147,101 @@ def test_an_offline_teacher_serves_only_ground_truth_strategies(pair):
     packed = next(iter(distiller.make_dataset(arithmetic_pairs(4), batch_size=4)))
     with pytest.raises(ValueError, match="train on `teacher_cache.dataset"):
         distiller({k: np.asarray(v) for k, v in packed.items()})
+
+
+def _valid_cache(path, rows=3, length=10, longest=4, top_k=3, vocabulary=20):
+    """A small cache file as `write` lays it out, made with NumPy alone."""
+    rng = np.random.default_rng(0)
+    response = np.zeros((rows, length), bool)
+    for row, size in enumerate([4, 2, 3][:rows]):
+        response[row, 3 : 3 + size] = True
+    meta = {
+        "top_k": top_k,
+        "vocabulary_size": vocabulary,
+        "max_new_tokens": 6,
+        "longest_response": longest,
+        "dtype": "float16",
+    }
+    arrays = {
+        "token_ids": rng.integers(0, vocabulary, (rows, length)).astype("int32"),
+        "padding_mask": np.ones((rows, length), bool),
+        "response_mask": response,
+        "top_k_ids": rng.integers(0, vocabulary, (rows, longest, top_k)).astype("int32"),
+        "top_k_log_probs": -rng.random((rows, longest, top_k)).astype("float16"),
+    }
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def _refused_in_one_line(path):
+    """`read` and `meta` return or raise a one-line ValueError naming `path`."""
+    for reader in (teacher_cache.read, teacher_cache.meta):
+        try:
+            reader(path)
+        except ValueError as error:
+            message = str(error)
+            assert str(path) in message and "\n" not in message, message
+            return True
+    return False
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    kind=st.sampled_from(["truncate", "overwrite"]),
+    where=st.floats(0.0, 1.0),
+    patch=st.binary(min_size=1, max_size=8),
+)
+def test_a_corrupted_cache_is_read_or_refused_in_one_line(tmp_path_factory, kind, where, patch):
+    path = _valid_cache(tmp_path_factory.mktemp("cache") / "t.npz")
+    content = path.read_bytes()
+    at = int(where * len(content))
+    path.write_bytes(
+        content[:at] if kind == "truncate" else content[:at] + patch + content[at + len(patch) :]
+    )
+    _refused_in_one_line(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("top_k_ids"), "not the arrays"),
+        (lambda a: a.update(token_ids=a["token_ids"].astype("float32")), "token_ids is float32"),
+        (lambda a: a.update(top_k_ids=a["top_k_ids"] + 100), "ids outside [0, 20)"),
+        (lambda a: a.update(padding_mask=a["padding_mask"][:, :5]), "padding_mask has shape"),
+        (lambda a: a.update(meta=np.array("{}")), "meta lacks one of"),
+        (lambda a: a.update(meta=np.array("not json")), "Expecting value"),
+        (lambda a: a.update(response_mask=np.ones((3, 10), bool)), "longer than meta's"),
+        (lambda a: a.update(extra=np.zeros(2)), "not the arrays"),
+    ],
+)
+def test_a_malformed_cache_is_refused_in_one_line(tmp_path, change, message):
+    path = _valid_cache(tmp_path / "t.npz")
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    change(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        teacher_cache.read(path)
+    assert _refused_in_one_line(path)
+
+
+def test_a_header_that_declares_more_than_the_file_is_refused_before_allocating(tmp_path):
+    """A NumPy header may declare any shape, and NumPy allocates it whole
+    before reading: a member whose header declares more than it holds (its
+    CRC made right, so that zipfile cannot catch it) is refused first."""
+    path = _valid_cache(tmp_path / "t.npz")
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    declared = b"'shape': (3, 4, 3)"
+    huge = b"'shape': (3,4,999)"  # the same length: the header's size stays
+    assert declared in members["top_k_ids.npy"] and len(huge) == len(declared)
+    members["top_k_ids.npy"] = members["top_k_ids.npy"].replace(declared, huge)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=r"top_k_ids declares shape \(3, 4, 999\)"):
+        teacher_cache.read(path)
+    assert _refused_in_one_line(path)
+    assert teacher_cache.read(_valid_cache(tmp_path / "ok.npz"))["meta"]["top_k"] == 3
