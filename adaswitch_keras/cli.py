@@ -16,6 +16,7 @@ KERAS_BACKEND from `--backend` before Keras is imported.
 
 import argparse
 import ast
+import inspect
 import json
 import os
 import sys
@@ -150,7 +151,10 @@ def strategy_help():
     """Each registered strategy and the options it takes, for `--help`."""
     lines = []
     for name in strategies.registered():
-        options = ", ".join(f"{key}={value!r}" for key, value in strategies.options(name).items())
+        options = ", ".join(
+            key if value is inspect.Parameter.empty else f"{key}={value!r}"
+            for key, value in strategies.options(name).items()
+        )
         lines.append(f"{name}({options})")
     return "; ".join(lines)
 

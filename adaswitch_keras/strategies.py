@@ -22,6 +22,7 @@ from keras import ops
 from adaswitch_keras import divergences
 
 _REGISTRY = {}
+_NONE = inspect.Parameter.empty  # an argument without a default
 
 
 def response_positions(mask):
@@ -323,7 +324,7 @@ class FixedSwitch(Strategy):
     teacher_finishes = True
     draft_length = AdaSwitch.draft_length
 
-    def __init__(self, position=8):
+    def __init__(self, position):
         if not (isinstance(position, int) and position >= 0):
             raise ValueError(f"`position` must be an integer >= 0. Received: position={position}")
         self.position = position
@@ -363,6 +364,10 @@ def get(identifier, **kwargs):
             f"{strategy_class.__name__} takes {sorted(options(identifier.lower())) or 'no arguments'}; "
             f"received {sorted(unknown)}."
         )
+    missing = [key for key, default in options(identifier.lower()).items() if default is _NONE]
+    missing = sorted(set(missing) - set(kwargs))
+    if missing:
+        raise ValueError(f"{strategy_class.__name__} needs {missing}; received {sorted(kwargs)}.")
     return strategy_class(**kwargs)
 
 

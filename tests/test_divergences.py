@@ -133,3 +133,10 @@ def test_bad_arguments_are_clear_errors(logits):
         divergences.token_divergence(teacher, student, temperature=0.0)
     with pytest.raises(ValueError, match="alpha"):
         divergences.token_divergence(teacher, student, "skew_forward_kl", alpha=0.0)
+
+
+def test_masked_mean_keeps_the_values_dtype_and_divides_by_one_token():
+    values = np.array([[3.0, 5.0]], "float16")
+    mean = divergences.masked_mean(values, np.array([[True, False]]))
+    assert ops.convert_to_numpy(mean).dtype == np.float16
+    assert float(ops.convert_to_numpy(mean)) == 3.0  # one token: its value, not half of it
