@@ -5,6 +5,9 @@ import os
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import adaswitch_keras as ak
 from adaswitch_keras.data import arithmetic
@@ -203,3 +206,52 @@ def test_distiller_takes_task_rows_as_they_come(pair):
     batch = next(iter(distiller.make_dataset(rows, batch_size=4)))
     assert set(batch) == {"token_ids", "padding_mask", "response_mask"}
     assert batch["token_ids"].shape == (4, 32)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+GSM8K_ROW = st.fixed_dictionaries(
+    {},
+    optional={"question": JSON_VALUES | st.text(max_size=20), "answer": JSON_VALUES | st.text()},
+)
+LINES = st.one_of(
+    GSM8K_ROW.map(lambda row: json.dumps(row).encode()),
+    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=30).filter(lambda b: b"\n" not in b),
+)
+
+
+@once
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(lines=st.lists(LINES, min_size=1, max_size=4))
+def test_a_hostile_jsonl_file_is_read_or_refused_in_one_line(tmp_path_factory, lines):
+    """Random JSON values, rows missing or mistyping their fields, bytes that
+    are not UTF-8: `load` returns rows whose prompts and responses are
+    strings, or raises one ValueError line naming the file and the line."""
+    folder = tmp_path_factory.mktemp("gsm8k")
+    (folder / "test.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    try:
+        rows = ak.data.load("gsm8k", "test", data_dir=folder)
+    except ValueError as error:
+        message = str(error)
+        assert str(folder / "test.jsonl") in message and ", line " in message, message
+        assert "\n" not in message
+    else:
+        assert all(isinstance(r["prompts"], str) and isinstance(r["responses"], str) for r in rows)
+
+
+@once
+def test_a_dialogsum_row_without_its_summary_names_the_line(tmp_path):
+    (tmp_path / "dialogsum.test.jsonl").write_text(
+        json.dumps({"dialogue": "#Person1#: Hi.", "summary1": "A greeting."})
+        + "\n"
+        + json.dumps({"dialogue": "#Person1#: Hi.", "summary": "no summary1 here"})
+        + "\n"
+    )
+    with pytest.raises(ValueError, match=r"dialogsum.test.jsonl, line 2: no field 'summary1'"):
+        ak.data.load("dialogsum", "test", data_dir=tmp_path)

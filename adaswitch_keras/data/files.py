@@ -20,8 +20,11 @@ FILES = {
 }
 
 
-def read_jsonl(task, split, data_dir):
-    """The JSON rows of a task's split, with errors that name the path."""
+def read_jsonl(task, split, data_dir, required=None):
+    """The JSON rows of a task's split, with errors that name the path. A
+    line that is not UTF-8, not a JSON object, or lacks a field of
+    `required` ({key: type or types}) is refused in one line naming file
+    and line."""
     if split not in FILES[task]:
         raise ValueError(f"{task} has splits {tuple(FILES[task])}; received {split!r}.")
     if data_dir is None:
@@ -32,8 +35,30 @@ def read_jsonl(task, split, data_dir):
     path = os.path.join(os.fspath(data_dir), FILES[task][split])
     if not os.path.exists(path):
         raise FileNotFoundError(f"No {task} {split} file at {os.path.abspath(path)}.")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                where = f"{os.path.abspath(path)}, line {number}"
+                rows.append(_json_object(line, required or {}, where))
+    return rows
+
+
+def _json_object(line, required, where):
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{where}: not a line of JSON in UTF-8 ({error}).") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a JSON object but {type(row).__name__}.")
+    for key, types in required.items():
+        if not isinstance(row.get(key), types):
+            raise ValueError(f"{where}: no field {key!r} of type {_names(types)}.")
+    return row
+
+
+def _names(types):
+    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
 
 
 def strip_calculator_annotations(solution):
@@ -49,12 +74,20 @@ def final_answer(solution):
 def gsm8k(split, data_dir):
     """GSM8K rows: {"question", "solution", "answer"}."""
     rows = []
-    for row in read_jsonl("gsm8k", split, data_dir):
+    for row in read_jsonl("gsm8k", split, data_dir, {"question": str, "answer": str}):
         solution = strip_calculator_annotations(row["answer"])
         rows.append(
             {"question": row["question"], "solution": solution, "answer": final_answer(solution)}
         )
     return rows
+
+
+GSM_PLUS_FIELDS = {
+    "question": str,
+    "solution": str,
+    "answer": (str, int, float),
+    "perturbation_type": str,
+}
 
 
 def gsm_plus(split, data_dir):
@@ -70,7 +103,7 @@ def gsm_plus(split, data_dir):
             "answer": str(row["answer"]).replace(",", ""),
             "perturbation_type": row["perturbation_type"],
         }
-        for row in read_jsonl("gsm_plus", split, data_dir)
+        for row in read_jsonl("gsm_plus", split, data_dir, GSM_PLUS_FIELDS)
     ]
 
 
@@ -81,7 +114,8 @@ def dialogsum(split, data_dir):
     `summary` is the first, used as the training target.
     """
     rows = []
-    for row in read_jsonl("dialogsum", split, data_dir):
+    summary = "summary1" if split == "test" else "summary"  # the test split has three
+    for row in read_jsonl("dialogsum", split, data_dir, {"dialogue": str, summary: str}):
         references = [row[k] for k in ("summary", "summary1", "summary2", "summary3") if k in row]
         rows.append(
             {
