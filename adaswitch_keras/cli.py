@@ -51,8 +51,10 @@ class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2, no traceback."""
 
 
-def load_model(preset):
-    """A KerasHub CausalLM from a shipped name, a local directory or a hub preset."""
+def load_model(preset, dtype=None, sequence_length=None):
+    """A KerasHub CausalLM from a shipped name, a local directory or a hub
+    preset, in `dtype` (its saved one if None), its preprocessor packing
+    `sequence_length` tokens (its saved length if None)."""
     if preset in presets.NAMES:
         preset = presets.path(preset)
     elif os.sep in preset or preset.startswith("."):
@@ -63,13 +65,16 @@ def load_model(preset):
                 f"{os.path.abspath(preset)} is not a KerasHub preset (no config.json)."
             )
     try:
-        return keras_hub.models.CausalLM.from_preset(preset)
+        model = keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except Exception as error:  # KerasHub raises many types for a bad name
         cause = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(
             f"Could not load the preset {preset!r} ({cause}). Use a KerasHub preset name, "
             f"a local preset directory or one of {', '.join(presets.NAMES)}."
         ) from None
+    if sequence_length:
+        model.preprocessor.sequence_length = sequence_length
+    return model
 
 
 def make_strategy(args):
@@ -302,8 +307,8 @@ def run_distill(args):
                 f"received --max-new-tokens {args.max_new_tokens}."
             )
         args.max_new_tokens = stored
-    teacher = load_model(args.teacher) if args.teacher else None
-    student = load_model(args.student)
+    teacher = args.teacher and load_model(args.teacher, args.teacher_dtype, args.sequence_length)
+    student = load_model(args.student, args.student_dtype, args.sequence_length)
     train = load_rows(args.task, "train", args) if teacher is not None else None
     test = load_rows(args.task, "test", args, limit=args.eval_limit)
     return distill(args, teacher, student, train, test, args.task)
@@ -455,6 +460,15 @@ def build_parser():
     run.add_argument("--task", default="arithmetic", choices=data.TASKS)
     run.add_argument("--data-dir", default=None, help="folder of the task's JSONL files")
     run.add_argument("--chat", action="store_true", help="ChatML prompts for instruct models")
+    run.add_argument(
+        "--teacher-dtype", help="e.g. bfloat16: the teacher's weights and compute (default: saved)"
+    )
+    run.add_argument("--student-dtype", help="the student's (default: its saved dtype)")
+    run.add_argument(
+        "--sequence-length",
+        type=int,
+        help="tokens both preprocessors pack (prompt + response); default: each preset's",
+    )
     _training_arguments(run, steps=1000, batch_size=8, learning_rate=1e-5, output="adaswitch-run")
 
     cache = commands.add_parser(

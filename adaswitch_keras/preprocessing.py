@@ -57,7 +57,8 @@ class PromptResponsePacker:
                     f"Prompt {index} has {length} tokens; prompts need 1 to "
                     f"sequence_length - max_new_tokens = {self.sequence_length} - "
                     f"{self.max_new_tokens} = {longest_allowed}. Shorten it, lower "
-                    "max_new_tokens or raise the preprocessor's sequence_length."
+                    "max_new_tokens or raise the preprocessor's sequence_length "
+                    "(`distill --sequence-length`)."
                 )
 
     def check_packed(self, data, needs_responses=True):

@@ -241,7 +241,8 @@ def test_distill_options_reach_the_distiller(preset_dirs, tmp_path, monkeypatch)
     options = ["--student-sampler", "top_p:p=0.5", "--teacher-sampler", "top_k:k=3"]
     options += ["--temperature", "0.5", "--loss-temperature", "2.0", "--lora-rank", "2"]
     options += ["--cross-entropy-weight", "linear:0.5", "--max-new-tokens", "48"]
-    options += ["--loss-chunk-size", "16"]
+    options += ["--loss-chunk-size", "16", "--sequence-length", "176"]
+    options += ["--teacher-dtype", "bfloat16", "--student-dtype", "float32"]
     code = cli.main(
         ["distill", "--teacher", teacher, "--student", student, "--strategy", "on_policy"]
         + options
@@ -256,6 +257,10 @@ def test_distill_options_reach_the_distiller(preset_dirs, tmp_path, monkeypatch)
     trainable = {v.path for v in distiller.student.trainable_variables}
     assert trainable and all("lora_kernel" in path for path in trainable)
     assert distiller.loss_chunk_size == 16
+    assert distiller.teacher.dtype_policy.name == "bfloat16"
+    assert distiller.student.dtype_policy.name == "float32"
+    assert distiller.student.preprocessor.sequence_length == 176
+    assert distiller.teacher.preprocessor.sequence_length == 176
     report = check_outputs(tmp_path)
     assert {"cross_entropy", "teacher_calls", "teacher_decoded"} <= set(report["history"])
     assert (tmp_path / "student.lora.h5").stat().st_size > 0
