@@ -104,15 +104,17 @@ def page(results):
         "- Kill rate = (killed + timed out) / (all - equivalent); a mutant no test of the "
         "selection reaches counts as a survivor.",
         "",
-        "| file | mutants | killed | timed out | no tests | survived | equivalent | kill rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| file | mutants | killed | timed out | no tests | survived | equivalent | not run "
+        "yet | kill rate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path, statuses in results["files"].items():
         counts = Counter(statuses.values())
+        rate = f"{100 * kill_rate(statuses):.1f}%"
         lines.append(
             f"| `{path}` | {len(statuses)} | {counts['killed']} | {counts['timeout']} | "
             f"{counts['no tests']} | {counts['survived']} | {counts['equivalent']} | "
-            f"{100 * kill_rate(statuses):.1f}% |"
+            f"{counts['not run']} | {rate if not counts['not run'] else 'partial: ' + rate} |"
         )
     if results["equivalent"]:
         lines += ["", "## Equivalent mutants", ""]
