@@ -81,6 +81,8 @@ def main():
             f"{backbone['num_layers']} layers, hidden {backbone['hidden_dim']}, "
             f"{backbone['num_query_heads']} heads, FFN {backbone['intermediate_dim']}"
             if backbone
+            else f"not kept (continued from `{report['init_from']}`)"
+            if report.get("init_from")
             else f"not kept (`--size {report['args']['size']}` at its commit)"
         )
         task = ", ".join(f"{k}={v}" for k, v in report["task"].items())
