@@ -6,6 +6,7 @@ from fractions import Fraction
 
 import keras
 import keras_hub
+import numpy as np
 import pytest
 
 import adaswitch_keras as ak
@@ -155,3 +156,26 @@ def test_responses_lose_prompts_whose_special_tokens_generate_drops(pair):
     assert not outputs[0].startswith(prompts[0])  # the special tokens are gone
     for response, output in zip(responses, outputs):
         assert output.endswith(response) and "12 + 30" not in response and "7 - 7" not in response
+
+
+@needs_shared
+def test_dialogsum_score_equals_rouge_score_called_directly():
+    """On real DialogSum test rows (three references each): our score is
+    rouge-score's F-measure, stemmed, averaged over references then rows."""
+    from rouge_score import rouge_scorer
+
+    rows = ak.data.load("dialogsum", "test", data_dir=os.path.join(SHARED, "dialogsum"))[:25]
+    predictions = [row["dialogue"].split("\n")[0].split(": ", 1)[-1] for row in rows]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    want = {
+        name: np.mean(
+            [
+                np.mean([scorer.score(ref, p)[name].fmeasure for ref in row["references"]])
+                for p, row in zip(predictions, rows)
+            ]
+        )
+        for name in ("rouge1", "rouge2", "rougeL")
+    }
+    assert all(len(row["references"]) == 3 for row in rows)
+    got = ak.evaluation.score("dialogsum", predictions, rows)
+    assert got == pytest.approx(want, abs=1e-12) and 0 < got["rougeL"] < 1
