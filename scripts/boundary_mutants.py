@@ -93,8 +93,11 @@ def run_tests(package_parent, backend):
         capture_output=True,
         text=True,
     )
-    failed = re.search(r"^FAILED (\S+)", done.stdout, re.MULTILINE)
-    return done.returncode == 0, failed.group(1) if failed else None
+    failed = re.search(r"^FAILED (\S+?)::(\S+)", done.stdout, re.MULTILINE)
+    if not failed:
+        return done.returncode == 0, None
+    where = os.path.relpath(os.path.join(package_parent, failed.group(1)), ROOT)
+    return False, f"{where}::{failed.group(2)}"  # relative to the checkout
 
 
 def main():
