@@ -55,6 +55,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = {
     "presets_demo": ["arithmetic-teacher", "arithmetic-student"],
     "presets_hard": ["arithmetic-hard-teacher", "arithmetic-hard-student"],
+    "presets_plateau": [
+        "arithmetic-hard-student-plateau",
+        "docs/results/plateau_lr3e-4_training.json",
+    ],
     "presets_equal_steps": [
         "arithmetic-teacher",
         "docs/results/student_3000_steps_training.json",

@@ -18,6 +18,9 @@ its teacher; benchmarks/compare_strategies.py):
 - "arithmetic-hard-teacher": Qwen2, 4 layers, hidden 128 (1.0M parameters).
 - "arithmetic-hard-student": Qwen2, 2 layers, hidden 48 (82k parameters),
   after its whole SFT schedule (10,000 steps), well below the teacher.
+- "arithmetic-hard-student-plateau": that student's SFT continued until its
+  validation accuracy stopped improving (patience), the start of
+  benchmarks/evidence.py.
 """
 
 import os
@@ -27,6 +30,7 @@ NAMES = (
     "arithmetic-student",
     "arithmetic-hard-teacher",
     "arithmetic-hard-student",
+    "arithmetic-hard-student-plateau",
 )
 # The arithmetic task the presets were trained on (`adaswitch_keras.data.load` options).
 TASK = dict(steps=2, max_operand=20, operations="+-", distractors=0)
