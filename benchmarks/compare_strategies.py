@@ -37,13 +37,13 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 
 import keras
 import keras_hub
 import numpy as np
+from provenance import environment
 from provenance import git_commit  # benchmarks/provenance.py
 
 import adaswitch_keras as ak
@@ -910,14 +910,7 @@ def main(argv=None):
         student = keras_hub.models.CausalLM.from_preset(args.student)
         results = {
             "commands": [command],
-            "backend": keras.backend.backend(),
-            "versions": {
-                "keras": keras.__version__,
-                "keras_hub": keras_hub.__version__,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-            },
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            **environment(),
             "settings": settings,
             "difficulties": DIFFICULTIES,
             "teacher_accuracy": {

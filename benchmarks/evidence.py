@@ -31,7 +31,6 @@ results files alone.
 import argparse
 import json
 import os
-import platform
 import sys
 
 import keras
@@ -51,6 +50,7 @@ from compare_strategies import show
 from compare_strategies import show_rate
 from compare_strategies import tiny_pair
 from compare_strategies import verdict
+from provenance import environment
 from provenance import git_commit
 
 import adaswitch_keras as ak
@@ -498,14 +498,7 @@ def main(argv=None):
         student = keras_hub.models.CausalLM.from_preset(args.student)
         results = {
             "commands": [],
-            "backend": keras.backend.backend(),
-            "versions": {
-                "keras": keras.__version__,
-                "keras_hub": keras_hub.__version__,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-            },
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            **environment(),
             "settings": settings,
             "difficulties": DIFFICULTIES,
             "teacher_accuracy": {

@@ -18,3 +18,23 @@ def git_commit():
     return commit + (
         "-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else ""
     )
+
+
+def environment():
+    """The backend, library versions and machine a results file was made on."""
+    import platform
+
+    import keras
+    import keras_hub
+    import numpy as np
+
+    return {
+        "backend": keras.backend.backend(),
+        "versions": {
+            "keras": keras.__version__,
+            "keras_hub": keras_hub.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
